@@ -1,0 +1,1 @@
+"""Fused block modules: the only part of fastvit that calls fastvit_kernels."""

@@ -1,0 +1,48 @@
+"""fastvit_kernels: Triton kernels for vision-model inference, each with a torch reference and fallback.
+
+Importing this package is cheap and has no side effects: the op modules (and triton) load on first use.
+
+    from fastvit_kernels import layer_norm_2d
+    y = layer_norm_2d(x, weight, bias, eps=1e-6)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# public name -> module (one op per file)
+_EXPORTS = {
+    "layer_norm": "layer_norm",
+    "layer_norm_ref": "layer_norm",
+    "layer_norm_2d": "layer_norm_2d",
+    "layer_norm_2d_ref": "layer_norm_2d",
+    "grn": "grn",
+    "grn_ref": "grn",
+    "swiglu": "swiglu",
+    "swiglu_ref": "swiglu",
+    "dwconv2d": "dwconv",
+    "dwconv2d_ref": "dwconv",
+    "dwconv2d_layer_norm": "dwconv",
+    "dwconv2d_layer_norm_ref": "dwconv",
+    "attention": "attention",
+    "attention_ref": "attention",
+    "backend": "_dispatch",
+    "get_backend": "_dispatch",
+    "use_triton": "_dispatch",
+    "triton_reason": "_dispatch",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fastvit_kernels' has no attribute {name!r}")
+    module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
