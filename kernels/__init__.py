@@ -9,6 +9,8 @@ Importing this package is cheap and has no side effects: the op modules (and tri
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 # public name -> module (one op per file)
 _EXPORTS = {
@@ -46,3 +48,17 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return __all__
+
+
+class _Package(types.ModuleType):
+    """Keeps ``fastvit_kernels.<op>`` the function when the same-named submodule is imported: importing a
+    submodule sets it as a package attribute, which would otherwise shadow the function (``layer_norm``, ``grn``,
+    ``swiglu``, ``attention``). Get the modules themselves with ``importlib.import_module``."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

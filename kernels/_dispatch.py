@@ -50,7 +50,11 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return False  # inference-only kernels: autograd goes through the reference
     x = tensors[0]
-    return x.is_cuda or (INTERPRET and x.device.type == "cpu")
+    if x.is_cuda:
+        return True
+    # interpreted kernels cannot be traced (torch.library.wrap_triton passes them through), so torch.compile
+    # sees the reference on CPU
+    return INTERPRET and x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def triton_reason(device: torch.device | str = "cuda") -> str:

@@ -23,6 +23,8 @@ _FAMILIES = {
     "dinov2": "dinov2",
     "vit-hybrid": "vit_hybrid",
     "altclip": "altclip",
+    "altclip_vision_model": "altclip",  # a saved AltCLIPVisionModel
+    "altclip_text_model": "altclip",  # a saved AltCLIPTextModel
 }
 
 TASKS = ("features", "classification", "backbone", "vision", "text")

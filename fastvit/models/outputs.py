@@ -47,6 +47,17 @@ class BaseModelOutputWithPooling(ModelOutput):
 
 
 @dataclass
+class BaseModelOutputWithPoolingAndProjection(ModelOutput):
+    """AltCLIP's text-model output (HF's field order; ``projection_state`` is always None there too)."""
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    projection_state: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
 class ImageClassifierOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None

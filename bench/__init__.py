@@ -1,0 +1,1 @@
+"""fastvit benchmark suite: kernel and model benchmarks, results file, report (see bench/RESULTS.md)."""

@@ -1,0 +1,230 @@
+"""Whole-model benchmarks with random weights: throughput (images/s at a batch) and batch-1 latency (ms).
+
+Providers (same weights everywhere, outputs compared with fastvit eager):
+  HF transformers eager / SDPA (when transformers is installed), fastvit eager, ``torch.compile`` of it (and
+  ``mode="reduce-overhead"`` for latency, CUDA only), fastvit fused, fastvit fused + CUDA graphs (latency, CUDA,
+  when ``fastvit.load`` has ``cuda_graphs``).
+
+    python -m bench.bench_models [--device cuda] [--dtype bf16] [--models convnext-tiny,dinov2-base] [--no-latency]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from bench.common import (
+    DEFAULT_OUT,
+    Skip,
+    add_common_args,
+    append_results,
+    compile_enabled,
+    error_line,
+    record,
+    resolve_device_dtype,
+    run_pytest_benchmark,
+)
+from fastvit.benchmark import DTYPES, ModelVariants, Unavailable, forward_fn, main_output, max_abs_diff, measure
+from fastvit.benchmark import pixel_values as make_pixels
+
+# (registry name, task): the models of the performance targets
+MODELS = [("convnext-tiny", None), ("convnextv2-tiny", None), ("dinov2-base", None), ("altclip", "vision")]
+THROUGHPUT = ("hf_eager", "hf_sdpa", "eager", "compile", "fused")
+LATENCY = ("hf_eager", "hf_sdpa", "eager", "compile", "compile_reduce_overhead", "fused", "fused_cuda_graphs")
+COMPILED = ("compile", "compile_reduce_overhead")
+
+
+def provider_name(variant: str) -> str:
+    """Result-file name of a variant: ours carry the ``fastvit`` prefix."""
+    return f"fastvit_{variant}" if variant.startswith("fused") else variant
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    model: str
+    task: str | None
+    batch: int
+    image_size: int
+
+    @property
+    def label(self) -> str:
+        task = f"[{self.task}]" if self.task else ""
+        return f"{self.model}{task} b{self.batch} {self.image_size}px"
+
+
+def run_case(
+    case: ModelCase,
+    variants: Sequence[str],
+    device: str,
+    dtype: str,
+    *,
+    suite: str,
+    warmup: int,
+    iters: int,
+    log: Callable[[str], None],
+) -> list[dict]:
+    """Time each variant of one model case; every failure is recorded and skipped."""
+    metric = "ms" if suite == "latency" else "images/s"
+    common = dict(suite=suite, bench="models", case=case.label, device=device, dtype=dtype, metric=metric)
+    try:
+        mv = ModelVariants(case.model, device=device, dtype=DTYPES[dtype], task=case.task)
+        pixels = make_pixels(mv.model, case.batch, case.image_size, device, DTYPES[dtype])
+    except Exception as e:  # noqa: BLE001 - the model cannot be built here: one row says why
+        log(f"  {case.label}: cannot build: {error_line(e)}")
+        return [record(provider="*", error=error_line(e), **common)]
+    rows, ref = [], None
+    for variant in variants:
+        name = provider_name(variant)
+        try:
+            if variant in COMPILED and not compile_enabled(device):
+                raise Skip("torch.compile is off on CPU (set FASTVIT_BENCH_COMPILE=1)")
+            fn = forward_fn(mv.get(variant), pixels)
+            out = main_output(fn())
+            if ref is None and variant == "eager":
+                ref = out.float()
+            diff = max_abs_diff(out, ref) if ref is not None and variant != "eager" else None
+            del out
+            t = measure(fn, device, warmup=warmup, iters=iters, max_time_s=30.0)
+            extra = {"max_abs_diff": diff, "batch": case.batch, "image_size": case.image_size}
+            if variant == "fused" and mv.patch_report is not None:
+                extra["patch"] = str(mv.patch_report).splitlines()[0][:200]
+            row = record(provider=name, amount=case.batch, timing=t, extra=extra, **common)
+            log(f"  {case.label} {name}: {row['value']:.4g} {metric} ({t.median_ms:.3f} ms/batch), max|diff| {diff}")
+        except (Skip, Unavailable) as e:
+            row = record(provider=name, error=str(e), skipped=True, **common)
+            log(f"  {case.label} {name}: skipped ({e})")
+        except Exception as e:  # noqa: BLE001 - a failing provider is recorded, not fatal
+            row = record(provider=name, error=error_line(e), **common)
+            log(f"  {case.label} {name}: FAILED {error_line(e)}")
+            if os.environ.get("FASTVIT_BENCH_DEBUG") == "1":
+                traceback.print_exc()
+        rows.append(row)
+    del mv, pixels, ref
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def run(
+    device: str,
+    dtype: str,
+    *,
+    models: Sequence[tuple[str, str | None]] = MODELS,
+    batch: int | None = None,
+    image_size: int = 224,
+    throughput: bool = True,
+    latency: bool = True,
+    iters: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Throughput and latency records for ``models`` (defaults: B=64 on CUDA, B=2 on CPU; 224 px)."""
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    cuda = device == "cuda"
+    batch = batch or (64 if cuda else 2)
+    iters = iters or (20 if cuda else 3)
+    rows = []
+    for model, task in models:
+        if throughput:
+            case = ModelCase(model, task, batch, image_size)
+            rows += run_case(case, THROUGHPUT, device, dtype, suite="model", warmup=2, iters=iters, log=log)
+        if latency:
+            case = ModelCase(model, task, 1, image_size)
+            rows += run_case(case, LATENCY, device, dtype, suite="latency", warmup=3, iters=iters * 5, log=log)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ pytest-benchmark
+
+
+@functools.lru_cache(maxsize=4)
+def _variants(model: str, task: str | None, device: str, dtype: torch.dtype) -> ModelVariants:
+    return ModelVariants(model, device=device, dtype=dtype, task=task)
+
+
+class ModelSpec:
+    """pytest-benchmark view of the model benchmark (same duck type as ``OpBench`` for ``bench/conftest.py``)."""
+
+    name = "models"
+    shapes = {
+        "cuda": [ModelCase(m, t, 64, 224) for m, t in MODELS],
+        "cpu": [ModelCase("convnext-tiny", None, 1, 64)],  # small: the whole pytest bench run stays well under 60 s
+    }
+
+    @staticmethod
+    def label(case: ModelCase) -> str:
+        return case.label.replace(" ", "-")
+
+    @staticmethod
+    def provider_names(device: str) -> list[str]:
+        names = ["hf_eager", "eager", "fused"]
+        return names + ["compile"] if compile_enabled(device) else names
+
+    @staticmethod
+    def pytest_call(case: ModelCase, provider: str, device: str, dtype: torch.dtype):
+        try:
+            mv = _variants(case.model, case.task, device, dtype)
+            pixels = make_pixels(mv.model, case.batch, case.image_size, device, dtype)
+            model = mv.get(provider)
+        except Unavailable as e:
+            raise Skip(str(e)) from e
+        return forward_fn(model, pixels), ()
+
+
+SPECS = [ModelSpec()]
+
+
+def test_models(benchmark, bench_item):
+    run_pytest_benchmark(benchmark, bench_item)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def parse_models(text: str | None) -> list[tuple[str, str | None]]:
+    """``"convnext-tiny,altclip:vision"`` -> [("convnext-tiny", None), ("altclip", "vision")]."""
+    if not text:
+        return list(MODELS)
+    out = []
+    for item in text.split(","):
+        name, _, task = item.strip().partition(":")
+        out.append((name, task or dict(MODELS).get(name)))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="fastvit model benchmarks (random weights)")
+    add_common_args(p)
+    p.add_argument("--models", help="comma-separated names, name:task for a task (default: the four target models)")
+    p.add_argument("--batch", type=int, default=None, help="throughput batch (default 64 on CUDA, 2 on CPU)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency suite")
+    p.add_argument("--no-throughput", action="store_true", help="skip the throughput suite")
+    args = p.parse_args(argv)
+    device, dtype = resolve_device_dtype(args)
+    rows = run(
+        device,
+        dtype,
+        models=parse_models(args.models),
+        batch=args.batch,
+        image_size=args.image_size,
+        throughput=not args.no_throughput,
+        latency=not args.no_latency,
+        iters=args.iters,
+    )
+    path = append_results(rows, args.out or DEFAULT_OUT)
+    from bench.report import markdown
+
+    print(markdown(rows))
+    print(f"results appended to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,23 @@
+"""The kernel entry points the fused blocks call, imported from their op modules.
+
+(Importing from the op files, not ``fastvit_kernels.<name>``: an op module importing a sibling, e.g.
+``layer_norm_2d`` importing helpers from ``layer_norm``, binds the submodule over the lazy function name.)
+"""
+
+from fastvit_kernels.attention import attention, attention_ref
+from fastvit_kernels.dwconv import dwconv2d_layer_norm
+from fastvit_kernels.grn import grn
+from fastvit_kernels.layer_norm import layer_norm
+from fastvit_kernels.layer_norm_2d import layer_norm_2d
+from fastvit_kernels.swiglu import swiglu, swiglu_ref
+
+__all__ = [
+    "attention",
+    "attention_ref",
+    "dwconv2d_layer_norm",
+    "grn",
+    "layer_norm",
+    "layer_norm_2d",
+    "swiglu",
+    "swiglu_ref",
+]

@@ -1,0 +1,90 @@
+"""Fused ConvNeXt / ConvNeXt V2 pieces: the block and the channels-first / channels-last LayerNorms.
+
+Block (eager: dwconv -> permute -> LN -> Linear -> act [-> GRN] -> Linear [-> layer scale] -> permute -> + x):
+``dwconv2d_layer_norm`` straight to NHWC -> pwconv1 + act -> ``grn`` (V2) -> pwconv2 -> layer scale and residual
+in place on the NHWC result. Activations stay channels_last between blocks and stages (the first block converts
+once); the block returns the NHWC result as an [N, C, H, W] view, so shapes are HF's and strides channels_last.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _ops as K
+
+from .base import FusedForward
+
+
+class FusedConvNextLayer(FusedForward):
+    """``ConvNextLayer`` / ``ConvNextV2Layer`` forward on fused kernels.
+
+    Args:
+        module: the block (attributes dwconv, layernorm, pwconv1, act, [grn], pwconv2, [layer_scale_parameter]).
+        dwconv: use ``dwconv2d_layer_norm`` (else torch conv + the ``layer_norm`` kernel when ``layer_norm``).
+        layer_norm: use the LayerNorm kernels where the conv is not fused.
+        grn: use the ``grn`` kernel (V2 blocks).
+    """
+
+    def __init__(self, module: nn.Module, *, dwconv: bool = True, layer_norm: bool = True, grn: bool = True) -> None:
+        super().__init__(module)
+        self.use_dwconv, self.use_ln = dwconv, layer_norm
+        self.use_grn = grn and getattr(module, "grn", None) is not None
+        if dwconv:
+            self.kernels["dwconv2d_layer_norm"] = 1
+        elif layer_norm:
+            self.kernels["layer_norm"] = 1
+        if self.use_grn:
+            self.kernels["grn"] = 1
+
+    def fused(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        x = hidden_states  # [N, C, H, W]
+        if x.dim() != 4 or x.shape[1] != m.dwconv.in_channels:
+            return self.eager(hidden_states)  # let the original raise its own error
+        x = x.contiguous(memory_format=torch.channels_last)  # no-op after the first block
+        ln = m.layernorm
+        if self.use_dwconv:
+            y = K.dwconv2d_layer_norm(x, m.dwconv.weight, m.dwconv.bias, ln.weight, ln.bias, ln.eps)  # [N, H, W, C]
+        elif self.use_ln:
+            y = K.layer_norm(m.dwconv(x).permute(0, 2, 3, 1), ln.weight, ln.bias, ln.eps)
+        else:
+            y = ln(m.dwconv(x).permute(0, 2, 3, 1))
+        y = m.act(F.linear(y, m.pwconv1.weight, m.pwconv1.bias))  # [N, H, W, 4C]
+        grn = getattr(m, "grn", None)
+        if grn is not None:
+            y = K.grn(y, grn.weight, grn.bias, 1e-6) if self.use_grn else grn(y)
+        y = F.linear(y, m.pwconv2.weight, m.pwconv2.bias)  # [N, H, W, C], fresh: updated in place below
+        scale = getattr(m, "layer_scale_parameter", None)
+        if scale is not None:
+            y = y.mul_(scale)
+        y = y.add_(x.permute(0, 2, 3, 1))  # residual; x is channels_last so this view is NHWC-contiguous
+        return y.permute(0, 3, 1, 2)  # [N, C, H, W], channels_last strides
+
+
+class FusedChannelsFirstLayerNorm(FusedForward):
+    """ConvNeXt's ``data_format="channels_first"`` LayerNorm ([N, C, H, W], stem / downsampling / backbone norms)
+    -> ``layer_norm_2d`` (keeps the input's memory format)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__(module)
+        self.kernels["layer_norm_2d"] = 1
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        if x.dim() != 4:
+            return self.eager(x)
+        return K.layer_norm_2d(x, m.weight, m.bias, m.eps)
+
+
+class FusedLayerNorm(FusedForward):
+    """A last-dim LayerNorm (``nn.LayerNorm`` or ConvNeXt's channels_last one) -> ``layer_norm``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__(module)
+        self.kernels["layer_norm"] = 1
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        return K.layer_norm(x, m.weight, m.bias, m.eps)

@@ -1,0 +1,344 @@
+"""``fastvit.load``: an eager model from a registry name or an HF checkpoint directory, optionally fused.
+
+One path for every family (gpt-fast style): read config.json -> pick the task -> build the model with its parameters
+on the meta device -> read the state dict (safetensors, sharded safetensors, or ``torch.load(weights_only=True)``
+for pytorch_model.bin) -> match keys as HF does -> ``load_state_dict(assign=True)`` -> dtype/device -> eval ->
+patch with the Triton kernels when ``fused=True``.
+
+Key matching (HF's ``base_model_prefix`` rules, strict otherwise):
+  * a checkpoint of a head model (``convnext.*`` + ``classifier.*``) loaded as the base model or a backbone: the
+    prefix is stripped and the keys outside it (the head) are dropped, with a warning;
+  * a base-model checkpoint loaded into a head model: the prefix is added; the head is then missing, which is an
+    error naming the keys (load it with ``task="features"``, or ``pretrained=False``);
+  * when the checkpoint's architecture (config.json ``architectures``) differs from the model built, keys the model
+    class lists in ``_drop_if_unexpected`` are dropped and parameters it lists in ``_init_if_missing`` (e.g.
+    ``ConvNextBackbone.hidden_states_norms``, which HF also initializes) get their default init, with a warning;
+  * anything else missing or unexpected, any shape mismatch, and any tensor left on the meta device is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import hub, registry
+from .models import TASKS, build_model, infer_task
+
+__all__ = ["load", "CheckpointError", "read_config", "read_state_dict"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model (names the file or the keys)."""
+
+
+# ---------------------------------------------------------------------------------------------------------- reading
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    """The parsed config.json of a checkpoint directory."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{directory} has no config.json: not an HF checkpoint directory")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot parse {path}: {e}") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    return config
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # SafetensorError, OSError, ...: the file is truncated, corrupt or unreadable
+        raise CheckpointError(f"cannot read {path} (truncated or corrupt safetensors file?): {e}") from e
+
+
+def _read_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
+        raise CheckpointError(
+            f"cannot read {path} (truncated or corrupt, or not a plain tensor checkpoint): {e}"
+        ) from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a flat dict of tensors")
+    return state
+
+
+def _read_sharded(index: Path, read) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"cannot parse shard index {index}: {e}") from e
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        path = index.parent / shard
+        if not path.is_file():
+            raise CheckpointError(f"shard {path} listed in {index} does not exist")
+        state.update(read(path))
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise CheckpointError(f"{index} lists tensors that no shard holds, e.g. {missing[:5]}")
+    return state
+
+
+def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory, on CPU. Prefers safetensors; reads .bin with ``weights_only=True``."""
+    d = Path(directory)
+    if (d / "model.safetensors").is_file():
+        return _read_safetensors(d / "model.safetensors")
+    if (d / "model.safetensors.index.json").is_file():
+        return _read_sharded(d / "model.safetensors.index.json", _read_safetensors)
+    if (d / "pytorch_model.bin").is_file():
+        return _read_bin(d / "pytorch_model.bin")
+    if (d / "pytorch_model.bin.index.json").is_file():
+        return _read_sharded(d / "pytorch_model.bin.index.json", _read_bin)
+    raise CheckpointError(f"no weights in {d}: expected one of {', '.join(hub.WEIGHT_FILES)}")
+
+
+# --------------------------------------------------------------------------------------------------------- matching
+
+
+def _fix_legacy_key(key: str) -> str:
+    """HF's load-time renames of old LayerNorm names (``LayerNorm.gamma/beta``)."""
+    if key.endswith("LayerNorm.gamma"):
+        return key[: -len("gamma")] + "weight"
+    if key.endswith("LayerNorm.beta"):
+        return key[: -len("beta")] + "bias"
+    return key
+
+
+def _remap(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Apply HF's base-prefix rule: identity, strip a leading prefix, or add ``base_model_prefix``.
+
+    Returns the remapped state dict and the keys dropped because they lie outside a stripped prefix.
+    """
+    target = set(model.state_dict())
+    prefix = getattr(type(model), "base_model_prefix", "") or ""
+    candidates: list[tuple[str, str]] = [("same", "")]
+    if prefix and isinstance(getattr(model, prefix, None), nn.Module):
+        candidates.append(("add", prefix))
+    firsts = {k.split(".", 1)[0] for k in state if "." in k}
+    candidates += [("strip", p) for p in sorted(firsts, key=lambda p: p != prefix)]
+
+    def mapped(kind: str, p: str) -> dict[str, torch.Tensor]:
+        if kind == "same":
+            return state
+        if kind == "add":
+            return {k if k in target else f"{p}.{k}": v for k, v in state.items()}  # head keys may already fit
+        return {k[len(p) + 1 :]: v for k, v in state.items() if k.startswith(p + ".")}
+
+    best = max(candidates, key=lambda c: len(target & set(mapped(*c))))  # first candidate wins ties
+    out = mapped(*best)
+    dropped = sorted(k for k in state if not k.startswith(best[1] + ".")) if best[0] == "strip" else []
+    return out, dropped
+
+
+def _matches(key: str, patterns: tuple[str, ...]) -> bool:
+    return any(re.search(p, key) for p in patterns)
+
+
+def _fmt_keys(keys: list[str], n: int = 8) -> str:
+    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def _match_state_dict(
+    model: nn.Module, state: dict[str, torch.Tensor], config: dict, source: str
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The state dict to assign and the parameter names to default-initialize; raises CheckpointError otherwise."""
+    state = {_fix_legacy_key(k): v for k, v in state.items()}
+    state, dropped = _remap(model, state)
+    name = type(model).__name__
+    if dropped:
+        warnings.warn(
+            f"{source}: {len(dropped)} checkpoint tensors belong to another architecture than {name} and were not "
+            f"used: {_fmt_keys(dropped, 4)}",
+            stacklevel=3,
+        )
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    to_init: list[str] = []
+    archs = config.get("architectures") or []
+    if archs and name not in archs:  # cross-architecture load: apply the model's HF-like allowances
+        drop_ok = [k for k in unexpected if _matches(k, getattr(model, "_drop_if_unexpected", ()))]
+        to_init = [k for k in missing if _matches(k, getattr(model, "_init_if_missing", ()))]
+        if drop_ok or to_init:
+            warnings.warn(
+                f"{source}: loading a {archs[0]} checkpoint as {name}: "
+                + (f"dropped {_fmt_keys(drop_ok, 4)}; " if drop_ok else "")
+                + (f"newly initialized {_fmt_keys(to_init, 4)}" if to_init else ""),
+                stacklevel=3,
+            )
+        unexpected = [k for k in unexpected if k not in drop_ok]
+        missing = [k for k in missing if k not in to_init]
+        for k in drop_ok:
+            del state[k]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_fmt_keys(missing)}")
+        base = getattr(type(model), "base_model_prefix", "")
+        if (
+            base
+            and isinstance(getattr(model, base, None), nn.Module)
+            and not any(k.startswith(base + ".") for k in missing)
+        ):
+            problems[-1] += (
+                f" (the checkpoint has no weights for {name}'s head: use task='features', or pretrained=False)"
+            )
+    if unexpected:
+        problems.append(f"unexpected keys: {_fmt_keys(unexpected)}")
+    mismatched = [
+        f"{k}: checkpoint {list(state[k].shape)} vs model {list(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    if mismatched:
+        problems.append("shape mismatch (config.json does not fit the weights): " + "; ".join(mismatched[:8]))
+    if problems:
+        raise CheckpointError(f"{source} does not fit {name}: " + " | ".join(problems))
+    return state, to_init
+
+
+# ----------------------------------------------------------------------------------------------------------- build
+
+
+@contextmanager
+def _params_on_meta() -> Iterator[None]:
+    """Create parameters on the meta device (no memory, no init); buffers stay real, so non-persistent buffers
+    (e.g. ``position_ids``) keep their values. Same idea as accelerate's ``init_empty_weights(include_buffers=False)``.
+    """
+    original = nn.Module.register_parameter
+
+    def register(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        original(self, name, param)
+        if param is not None and param.device.type != "meta":
+            p = self._parameters[name]
+            self._parameters[name] = type(p)(p.to("meta"), requires_grad=p.requires_grad)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def _init_missing(model: nn.Module, names: list[str], device: torch.device, dtype: torch.dtype) -> None:
+    """Materialize and default-initialize the modules that own ``names`` (they must define ``reset_parameters``)."""
+    owners = sorted({n.rsplit(".", 1)[0] if "." in n else "" for n in names})
+    for path in owners:
+        module = model.get_submodule(path)
+        own = [p for p in module.parameters(recurse=False)]
+        if any(p.device.type != "meta" for p in own) or not hasattr(module, "reset_parameters"):
+            raise CheckpointError(f"cannot initialize {path}: it is partly loaded or has no reset_parameters()")
+        module.to_empty(device=device, recurse=False)
+        module.reset_parameters()
+        module.to(dtype=dtype)
+
+
+def _check_no_meta(model: nn.Module, source: str) -> None:
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
+    if left:
+        raise CheckpointError(f"{source}: tensors were left without values (meta device): {_fmt_keys(left)}")
+
+
+def _resolve(name_or_path: str | os.PathLike, pretrained: bool) -> tuple[dict, Path | None, str]:
+    """(config, weights directory or None, description) for a directory, registry name, alias or repo id."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return read_config(path), (path if pretrained else None), str(path)
+    text = str(name_or_path)
+    name = registry.resolve_name(text)
+    if name is None:
+        if path.exists():
+            raise CheckpointError(f"{path} is a file; pass the checkpoint directory that holds config.json")
+        if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:
+            raise FileNotFoundError(f"{text!r} is neither an existing directory nor a registered model name")
+        registry.get_model_info(text)  # raises ValueError with close-match suggestions
+    info = registry.get_model_info(name)
+    if not pretrained:
+        return info.config, None, info.name
+    directory = hub.find_weights(info.repo_id)
+    return read_config(directory), directory, f"{info.name} ({directory})"
+
+
+def _fuse(model: nn.Module) -> None:
+    try:
+        from .patching import patch
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.patching":
+            raise
+        warnings.warn(
+            "fused=True but fastvit.patching is not available in this build: NOTHING was fused, the model runs the "
+            "eager PyTorch path. Pass fused=False to silence this warning.",
+            stacklevel=3,
+        )
+        return
+    patch(model)
+
+
+def load(
+    name_or_path: str | os.PathLike,
+    *,
+    fused: bool = True,
+    pretrained: bool = True,
+    task: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Load a model by registry name (``"convnext-tiny"``), HF repo id, or checkpoint directory.
+
+    Args:
+        name_or_path: a name from ``fastvit.list_models()`` (or an alias / HF repo id), or a directory with an HF
+            ``config.json`` and ``model.safetensors``, ``model.safetensors.index.json`` or ``pytorch_model.bin``.
+        fused: patch the model with fastvit's Triton kernels (``fastvit.patch``); False gives the eager reference.
+        pretrained: load the weights (for a name: local HF cache, else a download with huggingface_hub); False gives
+            HF's random init.
+        task: ``"features"``, ``"classification"``, ``"backbone"`` (AltCLIP: ``"features"``, ``"vision"``,
+            ``"text"``); default: from config.json's ``architectures``.
+        device: where the weights go (default CPU).
+        dtype: floating-point dtype of the weights (default float32, as HF's default).
+    Returns:
+        The model, an ``nn.Module`` in eval mode.
+    """
+    if task is not None and task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    device = torch.device(device if device is not None else "cpu")
+    dtype = dtype or torch.float32
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+    config, directory, source = _resolve(name_or_path, pretrained)
+    task = task or infer_task(config)
+
+    if directory is None:
+        model = build_model(config, task)
+        if hasattr(model, "init_weights"):
+            model.init_weights()
+    else:
+        state = read_state_dict(directory)
+        with _params_on_meta():
+            model = build_model(config, task)
+        state, to_init = _match_state_dict(model, state, config, source)
+        state = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()}
+        model.load_state_dict(state, strict=False, assign=True)
+        del state
+        _init_missing(model, to_init, device, dtype)
+        _check_no_meta(model, source)
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    if fused:
+        _fuse(model)
+    return model
