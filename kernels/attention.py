@@ -24,10 +24,9 @@ import torch.nn.functional as F
 from ._dispatch import INTERPRET, launch, register_op, tl, triton, use_triton
 
 SUPPORTED_HEAD_DIMS = (32, 64, 80, 96, 128)
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # fp32: interpreter only (see attention())
 _OUT_LAYOUTS = ("bhsd", "bshd")
 _LOG2E = 1.4426950408889634
-_MASKED_SCORE = -1.0e30  # padded keys (log2 domain): finite, so a fully-masked row gets uniform weights
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -145,7 +144,7 @@ def _attn_block(
             keep = tl.load(mask_ptrs, mask=n_valid, other=0)
         else:
             keep = tl.load(mask_ptrs)
-        qk = tl.where(keep[None, :] != 0, qk, -1.0e30)  # == _MASKED_SCORE
+        qk = tl.where(keep[None, :] != 0, qk, -1.0e30)  # padded: finite and equal, see the module docstring
     if TAIL:
         qk = tl.where(n_valid[None, :], qk, float("-inf"))  # past the end: not a key at all
     m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -205,7 +204,9 @@ def _attn_fwd(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     # int64 base offsets (batch, head, first row); in-block offsets are small
-    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + row0 * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :]
+    q_ptrs = (
+        Q + off_b * stride_qb + off_h * stride_qh + row0 * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :]
+    )
     k_ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None]  # [D, N]
     v_ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]  # [N, D]
     mask_ptrs = Mask + off_b * stride_mb + offs_n * stride_mn
@@ -283,7 +284,7 @@ if INTERPRET:
 else:
     _attn_fwd_launchable = triton.autotune(
         configs=_GPU_CONFIGS,
-        key=["N_Q", "N_K_BUCKET", "HEAD_DIM", "HAS_MASK"],
+        key=["N_K_BUCKET", "HEAD_DIM", "HAS_MASK"],  # (+ dtypes); bucketed S: varying text lengths retune rarely
         prune_configs_by={"early_config_prune": _prune_configs},
     )(_attn_fwd)
 
@@ -368,13 +369,17 @@ def attention(
     Returns:
         Attention output in q's dtype.
 
-    The Triton kernel runs for fp16/bf16/fp32 and head dims 32, 64, 80, 96, 128 (fp32 with IEEE fp32 dots, no
-    TF32, so it matches eager fp32); otherwise, and when gradients are needed, :func:`attention_ref` runs.
+    The Triton kernel runs for fp16/bf16 and head dims 32, 64, 80, 96, 128, with fp32 softmax and accumulators
+    and the weights rounded to the input dtype before ``P @ V`` (as the flash backends of SDPA). fp32 inputs run
+    the kernel with IEEE fp32 dots (no TF32, so it matches eager fp32) under the interpreter; on CUDA they take
+    :func:`attention_ref` (SDPA's fp32 kernels are exact, and Triton's IEEE fp32 dot is FMA-emulated: slow to
+    compile and no faster). Anything else, and anything that needs gradients, runs :func:`attention_ref`.
     """
     _check_inputs(q, k, v, key_padding_mask, out_layout)
     if (
         not use_triton(q, k, v)
         or q.dtype not in _KERNEL_DTYPES
+        or (q.dtype == torch.float32 and q.is_cuda)  # SDPA's fp32 kernels: exact and faster than IEEE tl.dot
         or q.shape[-1] not in SUPPORTED_HEAD_DIMS
         or k.shape[2] == 0
     ):

@@ -117,7 +117,6 @@ def _dwconv_tile(
     Streams the BLOCK_H + K - 1 input rows once each (K column shifts per row); input row i feeds output row t
     through tap row i - t.
     """
-    PAD: tl.constexpr = K // 2
     t = tl.arange(0, BLOCK_H)[:, None, None]  # [BH, 1, 1] output row in tile
     ow = w0 + tl.arange(0, BLOCK_W)[None, :, None]  # [1, BW, 1] output column
     cc = c0 + tl.arange(0, BLOCK_C)[None, None, :]  # [1, 1, BC] channel
@@ -128,14 +127,14 @@ def _dwconv_tile(
     # rejects masks built from a scalar bool)
     acc = tl.zeros([BLOCK_H, BLOCK_W, BLOCK_C], dtype=tl.float32)
     for i in tl.static_range(BLOCK_H + K - 1):
-        ih = row0 + (i - PAD)  # [1, 1, 1] input row
+        ih = row0 + (i - K // 2)  # [1, 1, 1] input row
         row_mask = (ih >= 0) & (ih < H) & c_mask  # [1, 1, BC]
         x_row = x_ptrs + ih * stride_xh  # [1, 1, BC]
         kh = i - t  # [BH, 1, 1] tap row through which input row i reaches output row t
         w_mask = (kh >= 0) & (kh < K) & c_mask  # [BH, 1, BC]: zero weight where that tap does not exist
         w_row = w_ptrs + kh * (K * C)  # [BH, 1, BC]
         for kw in tl.static_range(K):
-            iw = ow + (kw - PAD)  # [1, BW, 1] input column
+            iw = ow + (kw - K // 2)  # [1, BW, 1] input column
             xv = tl.load(x_row + iw * stride_xw, mask=row_mask & (iw >= 0) & (iw < W), other=0.0)  # [1, BW, BC]
             wv = tl.load(w_row + kw * C, mask=w_mask, other=0.0)  # [BH, 1, BC]
             acc += xv.to(tl.float32) * wv.to(tl.float32)

@@ -115,7 +115,8 @@ def test_full_model(saved):
 
 def test_vision_tower(saved):
     (name, tc, vc, _, fmt), theirs, path = saved
-    ours = fastvit.load(path, fused=False, task="vision")  # an AltCLIPModel checkpoint as the vision tower
+    with pytest.warns(UserWarning, match="as AltCLIPVisionModel: dropped logit_scale"):
+        ours = fastvit.load(path, fused=False, task="vision")  # an AltCLIPModel checkpoint as the vision tower
     assert type(ours) is altclip.AltCLIPVisionModel
     px = _pixels(vc)
     with torch.no_grad():
@@ -131,13 +132,17 @@ def test_vision_tower(saved):
 
 def test_text_tower(saved):
     (name, tc, vc, _, fmt), theirs, path = saved
-    ours = fastvit.load(path, fused=False, task="text")  # text_model.* keys, prefix stripped
+    with pytest.warns(UserWarning, match="another architecture than AltCLIPTextModel"):
+        ours = fastvit.load(path, fused=False, task="text")  # text_model.* keys: prefix stripped, the rest dropped
     assert type(ours) is altclip.AltCLIPTextModel
     text = _text_batch(tc)
     with torch.no_grad():
         a = ours(**text, output_hidden_states=True, output_attentions=True)
         e = theirs.text_model(**text, output_hidden_states=True, output_attentions=True)
         assert_outputs_close(a, e, TEXT_FIELDS, atol=ATOL, rtol=RTOL)
+        head_mask = torch.ones(tc["num_attention_heads"]).index_fill_(0, torch.tensor([1]), 0.0)  # drop head 1
+        a, e = ours(**text, head_mask=head_mask), theirs.text_model(**text, head_mask=head_mask)
+        assert_outputs_close(a, e, ("last_hidden_state",), atol=ATOL, rtol=RTOL)
         # no attention_mask: positions still come from the pad ids (as HF)
         a = ours(text["input_ids"])
         e = theirs.text_model(text["input_ids"])

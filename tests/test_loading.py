@@ -100,6 +100,7 @@ def test_truncated_safetensors(ckpt):
         fastvit.load(ckpt, fused=False)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_corrupt_bin(ckpt):
     (ckpt / "model.safetensors").unlink()
     (ckpt / "pytorch_model.bin").write_bytes(b"\x80\x04not a zip file at all" * 10)
@@ -187,6 +188,16 @@ def test_bin_and_task_inference(cls_dir, tmp_path):
     assert (tmp_path / "pytorch_model.bin").is_file()
     model = fastvit.load(tmp_path, fused=False)
     assert type(model).__name__ == "ConvNextForImageClassification"
+    x = _x()
+    with torch.no_grad():
+        assert_outputs_close(model(x), hf(x), ("logits",), atol=ATOL, rtol=ATOL)
+
+
+def test_sharded_bin(cls_dir, tmp_path):
+    hf = transformers.ConvNextForImageClassification.from_pretrained(cls_dir).eval()
+    save_hf(hf, tmp_path, safetensors=False, max_shard_size="10KB")
+    assert (tmp_path / "pytorch_model.bin.index.json").is_file() and len(list(tmp_path.glob("pytorch_model-*"))) > 1
+    model = fastvit.load(tmp_path, fused=False)
     x = _x()
     with torch.no_grad():
         assert_outputs_close(model(x), hf(x), ("logits",), atol=ATOL, rtol=ATOL)

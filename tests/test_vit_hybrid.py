@@ -129,6 +129,9 @@ def test_matches_hf(case, task, tmp_path):
     assert list(ours.state_dict()) == list(theirs.state_dict())
     x = torch.randn(2, vit.get("num_channels", 3), *image)
     _compare(ours, theirs, x, HEADS[task][1])
+    head_mask = torch.ones(vit["num_hidden_layers"], vit["num_attention_heads"])
+    head_mask[0, 0] = 0.0  # drop head 0 of layer 0
+    _compare(ours, theirs, x, HEADS[task][1][:1], head_mask=head_mask)
 
 
 def test_configured_size_and_task_inference(tmp_path):
@@ -144,8 +147,14 @@ def test_configured_size_and_task_inference(tmp_path):
     with torch.no_grad():
         a, e = ours(x, output_hidden_states=True), theirs(x, output_hidden_states=True)
     assert_outputs_close(a, e, ("logits", "hidden_states"), atol=ATOL, rtol=RTOL)
-    features = fastvit.load(tmp_path, fused=False, task="features")  # head checkpoint -> base model (no pooler)
-    assert features.pooler is None or isinstance(features.pooler, vit_hybrid.ViTHybridPooler)
+    with pytest.warns(UserWarning) as record:  # as HF: the classifier is dropped, the pooler newly initialized
+        features = fastvit.load(tmp_path, fused=False, task="features")
+    messages = " ".join(str(w.message) for w in record)
+    assert "classifier.weight" in messages and "newly initialized pooler.dense" in messages, messages
+    assert isinstance(features, vit_hybrid.ViTHybridModel)
+    with torch.no_grad():
+        expected = theirs.vit.layernorm(e.hidden_states[-1])  # the base model's output inside HF's classifier
+        assert_close(features(x).last_hidden_state, expected, atol=ATOL, rtol=RTOL, name="last_hidden_state")
 
 
 @pytest.mark.parametrize("size", [(64, 80), (40, 40)])

@@ -47,7 +47,8 @@ def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
     return obj
 
 
-def _tensors(obj: Any) -> list[torch.Tensor]:
+def flatten_tensors(obj: Any) -> list[torch.Tensor]:
+    """Every tensor in ``obj`` (nests as :func:`map_tensors`), in traversal order."""
     found: list[torch.Tensor] = []
     map_tensors(found.append, obj)
     return found
@@ -66,13 +67,13 @@ def _signature(obj: Any) -> Any:
 
 
 class _Graph:
-    """One captured graph: static inputs (same order as ``_tensors(args, kwargs)``), static outputs."""
+    """One captured graph: static inputs (same order as ``flatten_tensors(args, kwargs)``), static outputs."""
 
     def __init__(self, graph: torch.cuda.CUDAGraph, inputs: list[torch.Tensor], output: Any) -> None:
         self.graph, self.inputs, self.output = graph, inputs, output
 
     def replay(self, args: tuple, kwargs: dict, clone: bool) -> Any:
-        for static, new in zip(self.inputs, _tensors((args, kwargs))):
+        for static, new in zip(self.inputs, flatten_tensors((args, kwargs))):
             if static.data_ptr() != new.data_ptr():
                 static.copy_(new)
         self.graph.replay()
@@ -108,7 +109,7 @@ class CUDAGraphForward:
         """Why this call cannot replay a graph, or None."""
         if not torch.cuda.is_available():
             return "CUDA is not available"
-        tensors = _tensors((args, kwargs))
+        tensors = flatten_tensors((args, kwargs))
         if not tensors or not all(t.is_cuda for t in tensors):
             return "inputs are not all CUDA tensors"
         if self.module.training:
@@ -162,7 +163,7 @@ class CUDAGraphForward:
         with torch.cuda.graph(graph):
             output = self.eager(*static_args, **static_kwargs)
         self.captures += 1
-        return _Graph(graph, _tensors((static_args, static_kwargs)), output)
+        return _Graph(graph, flatten_tensors((static_args, static_kwargs)), output)
 
     def __repr__(self) -> str:
         return f"CUDAGraphForward({type(self.module).__name__}, graphs={len(self.graphs)}/{self.max_graphs})"

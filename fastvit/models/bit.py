@@ -20,6 +20,7 @@ from torch import nn
 
 from .common import BackboneConfig, DropPath, check_pixel_values, get_activation
 from .outputs import BackboneOutput, BaseModelOutputWithPooling
+from .transformer import to_2tuple
 
 __all__ = [
     "BitConfig",
@@ -87,8 +88,7 @@ class DynamicPad2d(nn.Module):
 
     def __init__(self, kernel_size, stride, dilation, value: float = 0.0):
         super().__init__()
-        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
-        self.kernel_size, self.stride, self.dilation = pair(kernel_size), pair(stride), pair(dilation)
+        self.kernel_size, self.stride, self.dilation = to_2tuple(kernel_size), to_2tuple(stride), to_2tuple(dilation)
         self.value = value
 
     @staticmethod
@@ -177,8 +177,7 @@ class BitMaxPool2d(nn.MaxPool2d):
         padding_value: float = 0,
         use_dynamic_padding: bool = True,
     ):
-        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
-        kernel_size, stride, dilation = pair(kernel_size), pair(stride), pair(dilation)
+        kernel_size, stride, dilation = to_2tuple(kernel_size), to_2tuple(stride), to_2tuple(dilation)
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
         self.pad = DynamicPad2d(kernel_size, stride, dilation, padding_value) if use_dynamic_padding else nn.Identity()
 
