@@ -86,7 +86,11 @@ SPECS = [
         name="dwconv2d_layer_norm",
         shapes=SHAPES,
         make_inputs=make_inputs,
-        providers={"eager": conv_ln_eager, "fastvit": conv_ln_ours, "fastvit_channels_last": conv_ln_ours_channels_last},
+        providers={
+            "eager": conv_ln_eager,
+            "fastvit": conv_ln_ours,
+            "fastvit_channels_last": conv_ln_ours_channels_last,
+        },
         amount=lambda inputs: _bytes(inputs, ln=True),
     ),
 ]

@@ -76,7 +76,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def environment(device: str) -> dict:
     """GPU (or CPU) name, library versions, date and git commit, stored with every result."""
     try:
@@ -118,7 +118,7 @@ def kernel_backend(device: str) -> str:
         return f"unknown ({type(e).__name__}: {e})"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def peaks(device: str, dtype: str) -> dict:
     """Copy bandwidth (GB/s, read + write counted) and matmul throughput (TFLOP/s) measured now on ``device``.
 
@@ -127,17 +127,20 @@ def peaks(device: str, dtype: str) -> dict:
     dt = DTYPES[dtype]
     cuda = device == "cuda"
     n = (256 << 20) // 4 if cuda else (32 << 20) // 4  # 256 MiB (GPU) / 32 MiB (CPU) of fp32
-    src = torch.randn(n, device=device)
-    dst = torch.empty_like(src)
-    t = measure(lambda: dst.copy_(src), device, warmup=2, iters=20 if cuda else 5)
-    copy_gbps = 2 * src.numel() * src.element_size() / t.median_ms / 1e6
-    del src, dst
+    copy_gbps = _copy_gbps(n, device, 20 if cuda else 5)
     m = 8192 if cuda else 1024
     a = torch.randn(m, m, device=device, dtype=dt)
     b = torch.randn(m, m, device=device, dtype=dt)
     t = measure(lambda: a @ b, device, warmup=2, iters=20 if cuda else 5)
     mm_tflops = 2 * m**3 / t.median_ms / 1e9
     return {"copy_GBps": round(copy_gbps, 1), "matmul_TFLOPs": round(mm_tflops, 2), "matmul_dtype": dtype}
+
+
+def _copy_gbps(n: int, device: str, iters: int) -> float:
+    src = torch.randn(n, device=device)  # fp32
+    dst = torch.empty_like(src)
+    t = measure(lambda: dst.copy_(src), device, warmup=2, iters=iters)
+    return 2 * src.numel() * src.element_size() / t.median_ms / 1e6
 
 
 # ------------------------------------------------------------------------------------------------ counting
@@ -226,7 +229,7 @@ def compile_enabled(device: str) -> bool:
     return device == "cuda"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled(fn: Callable) -> Callable:
     """``torch.compile(fn)`` (one compiled wrapper per function, shared across shapes)."""
     return torch.compile(fn)
@@ -336,7 +339,7 @@ def run_spec(
                         ref_out = out
                     diff = max_abs_diff(out, ref_out) if ref_out is not None and name != spec.reference else None
                     del out
-                    t = measure(lambda fn=fn: fn(*inputs), device, warmup=2, iters=iters, max_time_s=2.0)
+                    t = measure(functools.partial(fn, *inputs), device, warmup=2, iters=iters, max_time_s=2.0)
                 row = record(provider=name, amount=amount, timing=t, peak=peak, extra={"max_abs_diff": diff}, **common)
                 frac = f" ({row['frac_of_peak']:.0%} of peak)" if row["frac_of_peak"] is not None else ""
                 log(f"  {spec.name} {label} {name}: {row['value']:.4g} {spec.metric}{frac}, {t.median_ms:.4f} ms")

@@ -39,8 +39,9 @@ def tables(rows: Sequence[dict]) -> dict[TableKey, dict]:
         if row["provider"] not in t["providers"]:
             t["providers"].append(row["provider"])
         t["cells"][(row["case"], row["provider"])] = row
-    for t in out.values():  # baselines first, ours last
-        t["providers"].sort(key=lambda p: (p.startswith(OURS_PREFIX), t["providers"].index(p)))
+    for t in out.values():  # baselines first, ours last, otherwise in order of appearance
+        order = list(t["providers"])
+        t["providers"] = sorted(order, key=lambda p: (p.startswith(OURS_PREFIX), order.index(p)))
     return out
 
 
@@ -105,9 +106,16 @@ def markdown(rows: Sequence[dict], *, title: str | None = None) -> str:
         for case in t["cases"]:
             cells = [cell(t["cells"].get((case, p))) for p in t["providers"]]
             parts.append("| " + " | ".join([case, *cells, speedup(t, case, metric)]) + " |")
-        errors = [r for r in t["cells"].values() if r.get("error") and r.get("value") is None]
-        for r in errors:
-            parts.append(f"\n- {r['case']} {r['provider']}: {'skipped' if r.get('skipped') else 'failed'}: {r['error']}")
+        notes: dict[tuple, list[str]] = {}  # (provider, status, error) -> cases
+        for r in t["cells"].values():
+            if r.get("error") and r.get("value") is None:
+                status = "skipped" if r.get("skipped") else "failed"
+                notes.setdefault((r["provider"], status, r["error"]), []).append(r["case"])
+        if notes:
+            parts.append("")
+        for (provider, status, error), cases in notes.items():
+            where = "all cases" if len(cases) == len(t["cases"]) > 1 else ", ".join(cases)
+            parts.append(f"- {provider}: {status} ({where}): {error}")
         parts.append("")
     return "\n".join(parts) if parts else "(no results)\n"
 
@@ -129,7 +137,7 @@ def plot(rows: Sequence[dict], path: str | Path) -> Path | None:
     cols = min(n, 2)
     nrows = (n + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(7 * cols, 3.6 * nrows), squeeze=False)
-    for ax, ((suite, bench, device_name, dtype, metric), t) in zip(axes.flat, groups.items()):
+    for ax, ((suite, bench, device_name, dtype, metric), t) in zip(list(axes.flat)[:n], groups.items(), strict=True):
         width = 0.8 / max(1, len(t["providers"]))
         for i, p in enumerate(t["providers"]):
             values = [(t["cells"].get((c, p)) or {}).get("value") or 0.0 for c in t["cases"]]
@@ -138,7 +146,7 @@ def plot(rows: Sequence[dict], path: str | Path) -> Path | None:
         ax.set_xticks(range(len(t["cases"])))
         ax.set_xticklabels(t["cases"], rotation=15, fontsize=7)
         ax.set_ylabel(metric)
-        ax.set_title(f"{bench} · {dtype} · {device_name[:40]}", fontsize=9)
+        ax.set_title(f"{bench} ({suite}) · {dtype} · {device_name[:40]}", fontsize=9)
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")

@@ -19,7 +19,15 @@ import sys
 import time
 from collections.abc import Sequence
 
-from bench.common import DEFAULT_OUT, add_common_args, append_results, environment, peaks, resolve_device_dtype, run_spec
+from bench.common import (
+    DEFAULT_OUT,
+    add_common_args,
+    append_results,
+    environment,
+    peaks,
+    resolve_device_dtype,
+    run_spec,
+)
 
 KERNEL_MODULES = (
     "bench_layer_norm",
@@ -110,8 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(summary(all_rows))
     failed = [r for r in all_rows if r.get("error") and not r.get("skipped")]
-    print(f"\n{len(all_rows)} results ({len(failed)} failed) in {time.perf_counter() - start:.0f} s; appended to "
-          f"{out}/results.jsonl; table {md}" + (f", plot {png}" if png else ""))
+    print(
+        f"\n{len(all_rows)} results ({len(failed)} failed) in {time.perf_counter() - start:.0f} s; appended to "
+        f"{out}/results.jsonl; table {md}" + (f", plot {png}" if png else "")
+    )
     return 0
 
 

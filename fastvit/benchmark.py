@@ -9,6 +9,7 @@ same weights, so their outputs can be compared too. Nothing here imports the ker
 from __future__ import annotations
 
 import inspect
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -167,11 +168,25 @@ def accepts(fn: Callable, name: str) -> bool:
 
 
 def forward_fn(model: Callable, pixels: torch.Tensor) -> Callable[[], Any]:
-    """Zero-argument inference call of ``model`` on ``pixels`` (under ``torch.inference_mode``)."""
+    """Zero-argument inference call of ``model`` on ``pixels`` (under ``torch.inference_mode``).
+
+    Models with fixed position embeddings (CLIP-style towers) get ``interpolate_pos_encoding=True`` when the image
+    size is not the configured one.
+    """
+    kwargs: dict[str, Any] = {"pixel_values": pixels}
+    inner = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    size = getattr(vision_config(getattr(inner, "config", None)), "image_size", None)
+    forward = getattr(inner, "forward", None)
+    if size not in (None, pixels.shape[-1]) and forward is not None:
+        try:
+            if "interpolate_pos_encoding" in inspect.signature(forward).parameters:
+                kwargs["interpolate_pos_encoding"] = True
+        except (TypeError, ValueError):
+            pass
 
     def run():
         with torch.inference_mode():
-            return model(pixel_values=pixels)
+            return model(**kwargs)
 
     return run
 
@@ -188,8 +203,12 @@ def hf_model(config: dict, task: str, *, attn_implementation: str = "eager") -> 
 
     cfg = dict(config)
     model_type = cfg.pop("model_type")
-    arch = next((a for a, t in family(model_type).ARCHITECTURES.items() if t == task), None)
-    if arch is None or not hasattr(transformers, arch):
+    candidates = [a for a, t in family(model_type).ARCHITECTURES.items() if t == task and hasattr(transformers, a)]
+    named = [a for a in candidates if a in (cfg.get("architectures") or ())]
+    prefix = model_type.replace("-", "").lower()  # ConvNextV2ForImageClassification for "convnextv2", not ConvNext...
+    exact = [a for a in candidates if re.split("Model|For|Backbone", a)[0].lower() == prefix]
+    arch = (named or exact or candidates or [None])[0]
+    if arch is None:
         raise ValueError(f"no HF transformers class for {model_type} task {task!r}")
     cls = getattr(transformers, arch)
     hf_config = transformers.AutoConfig.for_model(model_type, **cfg)

@@ -235,9 +235,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     defaults = CUDA_DEFAULTS if device == "cuda" else CPU_DEFAULTS
     dtype_name = args.dtype or ("bf16" if device == "cuda" else "fp32")
     dtype = DTYPES[dtype_name]
-    batch = args.batch or (1 if args.latency else defaults["batch"])
+    batch = args.batch if args.batch is not None else (1 if args.latency else defaults["batch"])
     warmup = args.warmup if args.warmup is not None else defaults["warmup"]
-    iters = args.iters or defaults["iters"] * (5 if args.latency else 1)
+    iters = args.iters if args.iters is not None else defaults["iters"] * (5 if args.latency else 1)
     for flag, value in (("--batch", batch), ("--iters", iters), ("--image-size", args.image_size)):
         if value < 1:
             raise CLIError(f"{flag} must be at least 1, got {value}")
@@ -245,9 +245,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CLIError(f"--warmup must be at least 0, got {warmup}")
     pretrained, weights_line = _resolve_weights(name, args.pretrained)
     variants, notes = _variants_for(args, device)
+    task = args.task
+    if task is None and not os.path.isdir(name):
+        from fastvit.registry import get_model_info
+
+        if "vision_config" in get_model_info(name).config:  # AltCLIP: images go to the vision tower
+            task = "vision"
+            notes.append("task: vision (the image tower; --task features needs text inputs too)")
 
     mode = "batch-1 latency" if args.latency else "throughput"
-    print(f"fastvit bench {name} · {mode} · {device} {dtype_name} · batch {batch} · {args.image_size}x{args.image_size}")
+    print(
+        f"fastvit bench {name} · {mode} · {device} {dtype_name} · batch {batch} · {args.image_size}x{args.image_size}"
+    )
     print(weights_line)
     try:
         import fastvit_kernels
@@ -255,7 +264,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"kernels: {fastvit_kernels.triton_reason(device)}")
     except Exception as e:  # noqa: BLE001
         print(f"kernels: unavailable ({type(e).__name__}: {e})")
-    explicit = args.batch or args.iters or args.warmup is not None
+    explicit = any(v is not None for v in (args.batch, args.iters, args.warmup))
     if device == "cpu" and not explicit:
         print(
             f"CPU defaults: batch {batch}, 1 untimed + {iters} timed calls per variant (--batch/--iters/--warmup "
@@ -268,7 +277,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     progress = _Progress(total=1 + len(variants), quiet=args.quiet)
     t0 = progress.start(f"loading {name} ({'pretrained' if pretrained else 'random'} weights) on {device}")
     try:
-        mv = ModelVariants(name, device=device, dtype=dtype, pretrained=pretrained, task=args.task)
+        mv = ModelVariants(name, device=device, dtype=dtype, pretrained=pretrained, task=task)
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e).splitlines()[0]) from e
     except (ImportError, AttributeError) as e:
@@ -306,9 +315,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def format_table(
-    results: dict[str, Timing | str], diffs: dict[str, float | None], batch: int, *, latency: bool
-) -> str:
+def format_table(results: dict[str, Timing | str], diffs: dict[str, float | None], batch: int, *, latency: bool) -> str:
     """The bench result table: time per call (median, p20-p80), images/s, speedup vs eager, max |diff| vs eager."""
     base = results.get("eager")
     base_ms = base.median_ms if isinstance(base, Timing) else None
@@ -359,21 +366,32 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="eager vs fused (vs torch.compile): images/s, speedup, max |diff|",
         description="Benchmark a model: fastvit eager vs fused (vs torch.compile). Without a cached checkpoint the "
-        "weights are random (said in the output). CPU defaults are small (batch 4, 3 timed calls after one untimed call).",
+        "weights are random (said in the output). CPU defaults are small: batch 4, 3 timed calls after one untimed "
+        "call.",
     )
     s.add_argument("model", nargs="?", default=None, help="registered name, alias, HF repo id or local directory")
-    s.add_argument("--batch", type=int, default=None, help="batch size (default: 64 on CUDA, 4 on CPU, 1 with --latency)")
+    s.add_argument(
+        "--batch", type=int, default=None, help="batch size (default: 64 on CUDA, 4 on CPU, 1 with --latency)"
+    )
     s.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     s.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
     s.add_argument("--image-size", type=int, default=224, help="input resolution (default 224)")
     s.add_argument("--task", default=None, help="model head, e.g. vision for altclip (default: the checkpoint's)")
     s.add_argument("--compile", action="store_true", help="also time torch.compile of the eager model")
     weights = s.add_mutually_exclusive_group()
-    weights.add_argument("--pretrained", dest="pretrained", action="store_true", default=None,
-                         help="pretrained weights (downloaded if not cached)")
+    weights.add_argument(
+        "--pretrained",
+        dest="pretrained",
+        action="store_true",
+        default=None,
+        help="pretrained weights (downloaded if not cached)",
+    )
     weights.add_argument("--random", dest="pretrained", action="store_false", help="random weights")
-    s.add_argument("--latency", action="store_true",
-                   help="batch-1 latency: eager, fused, fused + CUDA graphs, compile, compile reduce-overhead")
+    s.add_argument(
+        "--latency",
+        action="store_true",
+        help="batch-1 latency: eager, fused, fused + CUDA graphs, compile, compile reduce-overhead",
+    )
     s.add_argument("--iters", type=int, default=None, help="timed calls per variant")
     s.add_argument("--warmup", type=int, default=None, help="warm-up calls per variant")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -181,7 +181,6 @@ def _attn_fwd(
     stride_om,
     stride_mb,
     stride_mn,
-    H,
     N_Q,
     N_K,
     N_K_BUCKET,  # next power of two of N_K: autotune key only
@@ -195,9 +194,8 @@ def _attn_fwd(
     BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0)
-    off_bh = tl.program_id(1)
-    off_b = (off_bh // H).to(tl.int64)
-    off_h = (off_bh % H).to(tl.int64)
+    off_b = tl.program_id(1).to(tl.int64)
+    off_h = tl.program_id(2).to(tl.int64)
     row0 = start_m.to(tl.int64) * BLOCK_M
 
     offs_m = tl.arange(0, BLOCK_M)
@@ -326,7 +324,7 @@ def _attention_launch(
     }
     if INTERPRET:
         meta.update(INTERPRET_CONFIG)
-    grid = lambda META: (triton.cdiv(n_q, META["BLOCK_M"]), B * H)
+    grid = lambda META: (triton.cdiv(n_q, META["BLOCK_M"]), B, H)  # B, H < 65536 (CUDA grid y/z limit)
     launch(
         _attn_fwd_launchable,
         grid,
@@ -336,7 +334,7 @@ def _attention_launch(
         v.stride(0), v.stride(1), v.stride(2),
         o.stride(0), o.stride(1), o.stride(2),
         stride_mb, stride_mn,
-        H, n_q, n_k, triton.next_power_of_2(n_k),
+        n_q, n_k, triton.next_power_of_2(n_k),
         scale * _LOG2E,
         **meta,
     )  # fmt: skip
@@ -382,6 +380,7 @@ def attention(
         or (q.dtype == torch.float32 and q.is_cuda)  # SDPA's fp32 kernels: exact and faster than IEEE tl.dot
         or q.shape[-1] not in SUPPORTED_HEAD_DIMS
         or k.shape[2] == 0
+        or max(q.shape[0], q.shape[1]) > 65535  # CUDA grid y/z limit
     ):
         return attention_ref(q, k, v, key_padding_mask=key_padding_mask, scale=scale, out_layout=out_layout)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))

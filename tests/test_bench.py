@@ -114,7 +114,7 @@ def test_results_file_table_and_plot(tmp_path, fixed_peaks):
     assert "| case | eager | compile | fastvit | ours / best baseline |" in md
     # eager: 1e9 B / 100 ms = 10 GB/s = 10% of 100; ours 20 GB/s = 20%: 2x the best baseline
     assert "| 4x8 | 10.0 (10%) | fail | 20.0 (20%) | 2.00x |" in md
-    assert "compile: failed: RuntimeError: no compiler" in md
+    assert "- compile: failed (4x8): RuntimeError: no compiler" in md
     pytest.importorskip("matplotlib")
     md_path, png = report.write_report(path, tmp_path)
     assert md_path.read_text().startswith("# fastvit benchmark results")
@@ -123,8 +123,17 @@ def test_results_file_table_and_plot(tmp_path, fixed_peaks):
 
 def test_plot_without_matplotlib(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
-    row = common.record(suite="kernel", bench="t", case="c", provider="eager", device="cpu", dtype="fp32",
-                        metric="GB/s", amount=1e6, timing=Timing(1, 1, 1, 1))
+    row = common.record(
+        suite="kernel",
+        bench="t",
+        case="c",
+        provider="eager",
+        device="cpu",
+        dtype="fp32",
+        metric="GB/s",
+        amount=1e6,
+        timing=Timing(1, 1, 1, 1),
+    )
     assert report.plot([row], tmp_path / "x.png") is None
     assert "matplotlib is not installed" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fastvit_kernels
 import pytest
 import torch
 
-import fastvit_kernels
 from fastvit import benchmark
 from fastvit.cli import main
 

@@ -115,12 +115,12 @@ CASES = {
 EXPECTED_KERNEL = {"convnext": "dwconv2d_layer_norm", "convnextv2": "grn", "dinov2": "attention"}
 
 
-def hf_model(case: str) -> tuple[torch.nn.Module, dict]:
+def hf_model(case: str, **overrides) -> tuple[torch.nn.Module, dict]:
     cls_name, cfg_name, cfg, inputs, hf4_only = CASES[case]
     if hf4_only and HF5:
         pytest.skip(f"{cls_name} was removed in transformers 5")
     torch.manual_seed(0)
-    model = getattr(T, cls_name)(getattr(T, cfg_name)(**copy.deepcopy(cfg)))
+    model = getattr(T, cls_name)(getattr(T, cfg_name)(**copy.deepcopy(cfg), **overrides))
     with torch.no_grad():  # perturb every parameter: no layer scale / LN / GRN stuck at its init value
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -243,6 +243,21 @@ def test_fastvit_patched_matches_eager(case, backend, monkeypatch):
     check_patch(model, inputs, monkeypatch, _family(case), backend)
 
 
+@pytest.mark.parametrize("case", ["convnextv2-cls", "dinov2-swiglu-cls", "altclip-vision"])
+def test_fastvit_load_fused(case, tmp_path, fallback):
+    """``fastvit.load(dir, fused=True)`` = load + patch, matching the HF model the checkpoint came from."""
+    if HF5:
+        pytest.skip("fastvit's models mirror the transformers 4.50 layout")
+    import fastvit
+
+    hf, inputs = hf_model(case)
+    hf.save_pretrained(tmp_path / case)
+    model = fastvit.load(tmp_path / case, fused=True)
+    assert patched_blocks(model) and not patched_blocks(fastvit.load(tmp_path / case, fused=False))
+    ref64 = run(copy.deepcopy(hf).double(), as_double(inputs))
+    assert_fused_close(run(model, inputs), run(hf, inputs), ref64, case)
+
+
 def test_channels_last_between_blocks(fallback):
     model, inputs = hf_model("convnextv2")
     patch(model)
@@ -291,7 +306,7 @@ def test_weights_replaced_by_assign(fallback):
 # ------------------------------------------------------------------------------------------------ eager fallbacks
 @pytest.mark.parametrize("case", ["dinov2", "vit-hybrid", "altclip-vision", "altclip-text"])
 def test_output_attentions_runs_eager(case, monkeypatch, fallback):
-    model, inputs = hf_model(case)
+    model, inputs = hf_model(case, attn_implementation="eager")  # SDPA layers return no attention weights
     eager_model = copy.deepcopy(model)
     patch(model)
     spy = Spy(monkeypatch)
@@ -313,7 +328,7 @@ def test_head_mask_runs_eager(monkeypatch, fallback):
     patch(model)
     spy = Spy(monkeypatch)
     out = run(model, inputs, head_mask=head_mask)
-    assert spy.calls["attention"] == 1  # layer 0 masks a head -> eager; layer 1 (all ones) is fused
+    assert spy.calls["attention"] == 0  # any head mask -> the layers run eager
     assert_fused_close(out, eager, run(copy.deepcopy(model).double(), as_double(inputs), head_mask=head_mask), "hm")
 
 
@@ -494,3 +509,20 @@ def test_graph_runner_capture_replay(case):
     # grad enabled -> eager, no capture
     model(**inputs)
     assert runner.last_fallback and "autograd" in runner.last_fallback
+
+
+@pytest.mark.parametrize("case", ["convnextv2-cls", "dinov2-swiglu-cls", "altclip-text"])
+def test_bf16(case, monkeypatch):
+    """bf16 weights and activations: fused error against fp64 within 2x eager bf16's own (+ one bf16 ulp at 1)."""
+    model, inputs = hf_model(case)
+    ref64 = run(copy.deepcopy(model).double(), as_double(inputs))
+    model = model.to(torch.bfloat16)
+    inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
+    eager = run(model, inputs)
+    patch(model)
+    spy = Spy(monkeypatch)
+    fused = run(model, inputs)
+    assert spy.calls[EXPECTED_KERNEL.get(_family(case), "attention")] > 0
+    for i, (f, e, r) in enumerate(zip(fused, eager, ref64)):
+        err_f, err_e = (f.double() - r).abs().max().item(), (e.double() - r).abs().max().item()
+        assert err_f <= 2 * err_e + 2**-7, f"{case}[{i}]: fused err {err_f:.3e} vs eager bf16 err {err_e:.3e}"
