@@ -3,7 +3,7 @@
 Providers (same weights everywhere, outputs compared with fastvit eager):
   HF transformers eager / SDPA (when transformers is installed), fastvit eager, ``torch.compile`` of it (and
   ``mode="reduce-overhead"`` for latency, CUDA only), fastvit fused, fastvit fused + CUDA graphs (latency, CUDA,
-  when ``fastvit.load`` has ``cuda_graphs``).
+  through ``fastvit.patch(model, cuda_graphs=True)``).
 
     python -m bench.bench_models [--device cuda] [--dtype bf16] [--models convnext-tiny,dinov2-base] [--no-latency]
 """

@@ -241,7 +241,7 @@ class ModelVariants:
     ``get(name)`` returns a callable ``model(pixel_values=...)`` for:
       * ``eager``: the fastvit eager model (HF's formulas, unpatched);
       * ``fused``: the same module patched in place with ``fastvit.patch`` (``patch_report`` keeps the report);
-      * ``fused_cuda_graphs``: ``fastvit.load(..., cuda_graphs=True)`` (CUDA only) with the same weights;
+      * ``fused_cuda_graphs``: the same module patched with ``fastvit.patch(..., cuda_graphs=True)`` (CUDA only);
       * ``compile`` / ``compile_reduce_overhead``: ``torch.compile`` of the eager model (the latter CUDA only);
       * ``hf_eager`` / ``hf_sdpa``: the HF transformers model with the same weights (needs transformers).
     Variants are built on demand; ``get`` patches or unpatches the shared module as needed, so time each variant
@@ -263,14 +263,32 @@ class ModelVariants:
         self.model = fastvit.load(name, fused=False, pretrained=pretrained, task=task, device=device, dtype=dtype)
         self.task = task
         self.patch_report: Any = None
-        self._patched = False
+        self._state: str | None = None  # None (eager), "fused" or "graphs" (fused + CUDA-graph runner)
 
     def _unpatch(self) -> None:
-        if self._patched:
+        if self._state is not None:
             import fastvit
 
             fastvit.unpatch(self.model)
-            self._patched = False
+            self._state = None
+
+    def _patch(self, graphs: bool) -> None:
+        state = "graphs" if graphs else "fused"
+        if self._state == state:
+            return
+        try:
+            import fastvit
+
+            patch = fastvit.patch
+        except (ImportError, AttributeError) as e:
+            raise Unavailable(f"fastvit.patch is not available yet ({type(e).__name__}: {e})") from e
+        if graphs and not accepts(patch, "cuda_graphs"):
+            raise Unavailable("fastvit.patch has no cuda_graphs option yet")
+        self._unpatch()
+        report = patch(self.model, cuda_graphs=True) if graphs else patch(self.model)
+        if not graphs:
+            self.patch_report = report
+        self._state = state
 
     def get(self, variant: str) -> Callable[..., Any]:
         """The callable for ``variant`` (see the class docstring); raises :class:`Unavailable`."""
@@ -279,15 +297,7 @@ class ModelVariants:
             self._unpatch()
             return self.model
         if variant == "fused":
-            try:
-                import fastvit
-
-                patch = fastvit.patch
-            except (ImportError, AttributeError) as e:
-                raise Unavailable(f"fastvit.patch is not available yet ({type(e).__name__}: {e})") from e
-            if not self._patched:
-                self.patch_report = patch(self.model)
-                self._patched = True
+            self._patch(graphs=False)
             return self.model
         if variant in ("compile", "compile_reduce_overhead"):
             if variant == "compile_reduce_overhead" and not cuda:
@@ -296,35 +306,13 @@ class ModelVariants:
             mode = "reduce-overhead" if variant == "compile_reduce_overhead" else None
             return torch.compile(self.model, mode=mode)
         if variant == "fused_cuda_graphs":
-            return self._cuda_graphs(cuda)
+            if not cuda:
+                raise Unavailable("CUDA graphs need a CUDA device")
+            self._patch(graphs=True)
+            return self.model
         if variant in ("hf_eager", "hf_sdpa"):
             return self._hf(variant.removeprefix("hf_"))
         raise ValueError(f"unknown variant {variant!r}; expected one of {BASELINES + OURS}")
-
-    def _cuda_graphs(self, cuda: bool) -> Callable[..., Any]:
-        import fastvit
-
-        if not cuda:
-            raise Unavailable("CUDA graphs need a CUDA device")
-        if not accepts(fastvit.load, "cuda_graphs"):
-            raise Unavailable("fastvit.load has no cuda_graphs option yet")
-        runner = fastvit.load(
-            self.name,
-            fused=True,
-            cuda_graphs=True,
-            pretrained=self.pretrained,
-            task=self.task,
-            device=self.device,
-            dtype=self.dtype,
-        )
-        if not self.pretrained:  # random weights: use the eager model's, so outputs are comparable
-            self._unpatch()
-            target = runner if isinstance(runner, nn.Module) else getattr(runner, "model", None)
-            if isinstance(target, nn.Module) and copy_weights(self.model, target):
-                inner = getattr(target, "model", getattr(target, "module", None))
-                if isinstance(inner, nn.Module):
-                    copy_weights(self.model, inner)
-        return runner
 
     def _hf(self, attn: str) -> Callable[..., Any]:
         try:

@@ -138,21 +138,23 @@ def _returns_tuple(forward: Callable) -> bool:
     return not (ret is torch.Tensor or ret in ("torch.Tensor", "Tensor"))
 
 
+def _attentions_recorded() -> bool:
+    """transformers 5.x records attentions with forward hooks on the attention modules, which the fused path
+    does not call: True while such a capture is active (the call then runs eager)."""
+    from transformers.utils.output_capturing import _active_collector
+
+    collected = _active_collector.get()
+    return bool(collected) and "attentions" in collected
+
+
 def _attention_recorder(m: nn.Module) -> Callable[[], bool] | None:
-    """transformers 5.x records attentions with hooks on the attention modules, which the fused path skips:
-    a callable saying whether a capture of attentions is active (then the call runs eager)."""
     if not type(m).__module__.startswith("transformers."):
         return None
     try:
-        from transformers.utils.output_capturing import _active_collector
+        from transformers.utils.output_capturing import _active_collector  # noqa: F401 - transformers 5.x only
     except ImportError:
         return None
-
-    def recording() -> bool:
-        collected = _active_collector.get()
-        return bool(collected) and "attentions" in collected
-
-    return recording
+    return _attentions_recorded
 
 
 def _transformer_layer(m: nn.Module, flags: dict) -> FusedForward | str:
@@ -208,7 +210,9 @@ def _transformer_layer(m: nn.Module, flags: dict) -> FusedForward | str:
         returns_tuple=_returns_tuple(type(m).forward),
         attention_recorded=_attention_recorder(m),
     )
-    return FusedTransformerLayer(m, spec, attention=flags["attention"], layer_norm=flags["layer_norm"], swiglu=flags["swiglu"])
+    return FusedTransformerLayer(
+        m, spec, attention=flags["attention"], layer_norm=flags["layer_norm"], swiglu=flags["swiglu"]
+    )
 
 
 def _qkv(m: nn.Module) -> tuple | str:

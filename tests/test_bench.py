@@ -146,3 +146,24 @@ def test_bench_items_cover_specs():
     ids = [item.id for item in items]
     assert len(ids) == len(set(ids))
     assert "dwconv2d-2x96x56x56-eager" in ids and "dwconv2d_layer_norm-2x768x7x7-fastvit" in ids
+
+
+def test_model_variants_share_weights_and_toggle_patching():
+    """eager -> fused -> fused + CUDA-graph runner (falls back to eager on CPU) -> eager: one module, same outputs."""
+    import fastvit_kernels
+
+    from fastvit.benchmark import ModelVariants, Unavailable, forward_fn, main_output, max_abs_diff, pixel_values
+
+    mv = ModelVariants("convnextv2-atto", device="cpu", dtype=torch.float32)
+    px = pixel_values(mv.model, 1, 32, "cpu", torch.float32)
+    with fastvit_kernels.backend("torch"):
+        ref = main_output(forward_fn(mv.get("eager"), px)())
+        fused = main_output(forward_fn(mv.get("fused"), px)())
+        assert mv.patch_report is not None
+        mv._patch(graphs=True)  # what fused_cuda_graphs does on CUDA; the runner runs the fused forward on CPU
+        graphs = main_output(forward_fn(mv.model, px)())
+        again = main_output(forward_fn(mv.get("eager"), px)())
+    assert max_abs_diff(fused, ref) < 1e-4 and max_abs_diff(graphs, ref) < 1e-4
+    assert torch.equal(again, ref), "unpatch must restore the exact eager outputs"
+    with pytest.raises(Unavailable):
+        mv.get("fused_cuda_graphs")  # CUDA only

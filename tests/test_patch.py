@@ -19,10 +19,10 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
+import fastvit_kernels
 import pytest
 import torch
 
-import fastvit_kernels
 from fastvit.fused import _ops
 from fastvit.fused.graphs import CUDAGraphForward, enable_cuda_graphs, flatten_tensors
 from fastvit.patching import PatchReport, patch, patch_transformers, patched_blocks, unpatch, unpatch_transformers
@@ -47,7 +47,9 @@ TEXT = dict(
     max_position_embeddings=40,
     project_dim=16,
 )
-VISION = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14)
+VISION = dict(
+    hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14
+)
 BIT = dict(
     global_padding="same",
     layer_type="bottleneck",
@@ -98,7 +100,13 @@ CASES = {
         lambda: _pixels(28),
         False,
     ),
-    "dinov2-backbone": ("Dinov2Backbone", "Dinov2Config", dict(DINO, out_features=["stage1", "stage2"]), lambda: _pixels(28), False),
+    "dinov2-backbone": (
+        "Dinov2Backbone",
+        "Dinov2Config",
+        dict(DINO, out_features=["stage1", "stage2"]),
+        lambda: _pixels(28),
+        False,
+    ),
     "vit-hybrid": ("ViTHybridModel", "ViTHybridConfig", VITH, lambda: _pixels(32), True),
     "vit-hybrid-cls": ("ViTHybridForImageClassification", "ViTHybridConfig", VITH, lambda: _pixels(32), True),
     "altclip": (
@@ -178,7 +186,7 @@ def assert_fused_close(fused: list, eager: list, ref64: list, what: str) -> floa
     """fused within 2x eager's own error against float64 (+1e-6); returns max |fused - eager|."""
     assert len(fused) == len(eager) == len(ref64), f"{what}: {len(fused)} vs {len(eager)} output tensors"
     worst = 0.0
-    for i, (f, e, r) in enumerate(zip(fused, eager, ref64)):
+    for i, (f, e, r) in enumerate(zip(fused, eager, ref64, strict=True)):
         assert f.shape == e.shape, f"{what}[{i}]: shape {tuple(f.shape)} != {tuple(e.shape)}"
         if not f.is_floating_point():
             assert torch.equal(f, e), f"{what}[{i}]"
@@ -206,7 +214,7 @@ def check_patch(model: torch.nn.Module, inputs: dict, monkeypatch, family: str, 
     assert unpatch(model) == report.num_fused
     assert not patched_blocks(model)
     again = run(model, inputs, **kwargs)
-    for i, (a, e) in enumerate(zip(again, eager)):
+    for i, (a, e) in enumerate(zip(again, eager, strict=True)):
         assert torch.equal(a, e), f"unpatch is not bit-exact at output {i}: {(a - e).abs().max().item():.3e}"
     return report
 
@@ -282,7 +290,7 @@ def test_state_dict_round_trip(case, fallback):
     # patched -> unpatched: identical weights, identical (eager) outputs
     fresh = copy.deepcopy(other)
     fresh.load_state_dict(patched.state_dict())
-    for a, e in zip(run(fresh, inputs), run(plain, inputs)):
+    for a, e in zip(run(fresh, inputs), run(plain, inputs), strict=True):
         assert torch.equal(a, e)
     # unpatched -> patched: the fused blocks pick up the new weights (QKV cache refreshed)
     patched.load_state_dict(other.state_dict())
@@ -314,7 +322,7 @@ def test_output_attentions_runs_eager(case, monkeypatch, fallback):
         out = model(**inputs, output_attentions=True)
         eager = eager_model(**inputs, output_attentions=True)
     assert spy.calls["attention"] == 0 and len(out.attentions) == 2
-    for a, e in zip(out.attentions, eager.attentions):  # every layer ran eager: bit-exact
+    for a, e in zip(out.attentions, eager.attentions, strict=True):  # every layer ran eager: bit-exact
         assert torch.equal(a, e)
     ref64 = run(eager_model.double(), as_double(inputs), output_attentions=True)
     assert_fused_close(flatten_tensors(out), flatten_tensors(eager), ref64, case)  # final norms are fused
@@ -344,6 +352,10 @@ def test_training_and_grad_run_eager(case, monkeypatch):
     assert torch.equal(out, eager_grad)
     out.sum().backward()
     assert any(p.grad is not None for p in model.parameters())
+    model.requires_grad_(False)  # frozen weights, gradients w.r.t. the input (saliency maps): still eager
+    pixels = inputs["pixel_values"].clone().requires_grad_()
+    model(pixel_values=pixels)[0].sum().backward()
+    assert pixels.grad is not None
     assert not spy.calls
 
 
@@ -480,7 +492,7 @@ def test_graph_runner_falls_back_on_cpu(fallback):
     assert_fused_close(out, eager, run(copy.deepcopy(model).double(), as_double(inputs)), "graph-cpu")
     unpatch(model)
     assert "forward" not in model.__dict__
-    for a, e in zip(run(model, inputs), eager):
+    for a, e in zip(run(model, inputs), eager, strict=True):
         assert torch.equal(a, e)
 
 
@@ -497,9 +509,9 @@ def test_graph_runner_capture_replay(case):
         for _ in range(3):
             out = flatten_tensors(model(**inputs))
             assert runner.last_fallback is None and runner.captures == 1
-            for a, e in zip(out, eager):
+            for a, e in zip(out, eager, strict=True):
                 torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
-        new = {k: (torch.cat([v, v]) if k != "attention_mask" else torch.cat([v, v])) for k, v in inputs.items()}
+        new = {k: torch.cat([v, v]) for k, v in inputs.items()}  # batch 4
         model(**new)
         assert runner.captures == 2 and len(runner.graphs) == 2  # shape change -> a new capture
         model(**inputs)
@@ -523,6 +535,24 @@ def test_bf16(case, monkeypatch):
     spy = Spy(monkeypatch)
     fused = run(model, inputs)
     assert spy.calls[EXPECTED_KERNEL.get(_family(case), "attention")] > 0
-    for i, (f, e, r) in enumerate(zip(fused, eager, ref64)):
+    for i, (f, e, r) in enumerate(zip(fused, eager, ref64, strict=True)):
         err_f, err_e = (f.double() - r).abs().max().item(), (e.double() - r).abs().max().item()
         assert err_f <= 2 * err_e + 2**-7, f"{case}[{i}]: fused err {err_f:.3e} vs eager bf16 err {err_e:.3e}"
+
+
+def test_copy_pickle_and_dtype_change(tmp_path, fallback):
+    """A patched model deep-copies and pickles as a patched model; ``.to(dtype)`` refreshes the fused QKV cache."""
+    model, inputs = hf_model("dinov2-swiglu-cls")
+    eager = copy.deepcopy(model)
+    patch(model)
+    run(model, inputs)
+    clone = copy.deepcopy(model)
+    torch.save(model, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    for m in (clone, loaded):
+        assert patched_blocks(m) == patched_blocks(model)
+        for a, e in zip(run(m, inputs), run(model, inputs), strict=True):
+            assert torch.equal(a, e)
+    model.double()  # the cached q|k|v must follow
+    for a, e in zip(run(model, as_double(inputs)), run(eager.double(), as_double(inputs)), strict=True):
+        torch.testing.assert_close(a, e, atol=1e-10, rtol=1e-10)

@@ -4,6 +4,7 @@
 ``layer_norm_2d`` importing helpers from ``layer_norm``, binds the submodule over the lazy function name.)
 """
 
+from fastvit_kernels._dispatch import use_triton
 from fastvit_kernels.attention import attention, attention_ref
 from fastvit_kernels.dwconv import dwconv2d_layer_norm
 from fastvit_kernels.grn import grn
@@ -20,4 +21,5 @@ __all__ = [
     "layer_norm_2d",
     "swiglu",
     "swiglu_ref",
+    "use_triton",
 ]

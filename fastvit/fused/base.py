@@ -8,6 +8,7 @@ the non-persistent buffers a block added) and the original ``forward`` is back, 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -35,6 +36,7 @@ class FusedForward:
     def __init__(self, module: nn.Module) -> None:
         self.module = module
         self.original = module.__dict__.get(_ATTR)  # an instance-level forward already there (e.g. accelerate hooks)
+        self.__signature__ = inspect.signature(module.forward)  # what inspect.signature(module.forward) said before
         self.kernels = {}
         self.buffers: list[str] = []  # non-persistent buffers this block registered on ``module``
 
@@ -47,11 +49,17 @@ class FusedForward:
     def needs_eager(self, args: tuple, kwargs: dict) -> bool:
         return False
 
+    def must_run_eager(self, args: tuple, kwargs: dict) -> bool:
+        """Training mode, or autograd recording for the block's parameters or its tensor arguments."""
+        if self.module.training:
+            return True
+        if not torch.is_grad_enabled():
+            return False
+        tensors = (a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
+        return any(p.requires_grad for p in self.module.parameters()) or any(t.requires_grad for t in tensors)
+
     def __call__(self, *args, **kwargs):
-        m = self.module
-        if m.training or (torch.is_grad_enabled() and any(p.requires_grad for p in m.parameters())):
-            return self.eager(*args, **kwargs)
-        if self.needs_eager(args, kwargs):
+        if self.must_run_eager(args, kwargs) or self.needs_eager(args, kwargs):
             return self.eager(*args, **kwargs)
         return self.fused(*args, **kwargs)
 
@@ -59,7 +67,7 @@ class FusedForward:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        used = ", ".join(f"{k}x{v}" if v > 1 else k for k, v in self.kernels.items()) or "no kernels"
+        used = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in self.kernels.items()) or "no kernels"
         return f"{type(self).__name__}({type(self.module).__name__}: {used})"
 
 

@@ -2,7 +2,7 @@
 
 Block (eager: dwconv -> permute -> LN -> Linear -> act [-> GRN] -> Linear [-> layer scale] -> permute -> + x):
 ``dwconv2d_layer_norm`` straight to NHWC -> pwconv1 + act -> ``grn`` (V2) -> pwconv2 -> layer scale and residual
-in place on the NHWC result. Activations stay channels_last between blocks and stages (the first block converts
+on the NHWC result. Activations stay channels_last between blocks and stages (the first block converts
 once); the block returns the NHWC result as an [N, C, H, W] view, so shapes are HF's and strides channels_last.
 """
 
@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _ops as K
-
 from .base import FusedForward
 
 
@@ -54,13 +53,23 @@ class FusedConvNextLayer(FusedForward):
         y = m.act(F.linear(y, m.pwconv1.weight, m.pwconv1.bias))  # [N, H, W, 4C]
         grn = getattr(m, "grn", None)
         if grn is not None:
-            y = K.grn(y, grn.weight, grn.bias, 1e-6) if self.use_grn else grn(y)
+            y = self._grn(grn, y)
         y = F.linear(y, m.pwconv2.weight, m.pwconv2.bias)  # [N, H, W, C], fresh: updated in place below
+        residual = x.permute(0, 2, 3, 1)  # x is channels_last: an NHWC-contiguous view
         scale = getattr(m, "layer_scale_parameter", None)
-        if scale is not None:
-            y = y.mul_(scale)
-        y = y.add_(x.permute(0, 2, 3, 1))  # residual; x is channels_last so this view is NHWC-contiguous
+        y = y.add_(residual) if scale is None else torch.addcmul(residual, y, scale)  # x + gamma * y, one pass
         return y.permute(0, 3, 1, 2)  # [N, C, H, W], channels_last strides
+
+    def _grn(self, grn: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        """GRN on NHWC ``y`` [N, H, W, 4C]: the kernel, or (torch path) one pass over ``y`` instead of HF's four:
+        ``gamma * (y * nx) + beta + y == y * (gamma * nx + 1) + beta``."""
+        if not self.use_grn:
+            return grn(y)
+        if K.use_triton(y, grn.weight, grn.bias):
+            return K.grn(y, grn.weight, grn.bias, 1e-6)
+        gx = torch.linalg.vector_norm(y, dim=(1, 2), keepdim=True)  # [N, 1, 1, 4C]
+        scale = (gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)).mul_(grn.weight).add_(1)  # gamma * nx + 1
+        return torch.addcmul(grn.bias, y, scale)
 
 
 class FusedChannelsFirstLayerNorm(FusedForward):
@@ -75,7 +84,11 @@ class FusedChannelsFirstLayerNorm(FusedForward):
         m = self.module
         if x.dim() != 4:
             return self.eager(x)
-        return K.layer_norm_2d(x, m.weight, m.bias, m.eps)
+        if K.use_triton(x, m.weight, m.bias):
+            return K.layer_norm_2d(x, m.weight, m.bias, m.eps)
+        # torch path (CPU without the interpreter, or forced): one F.layer_norm over the NHWC view is 2-4x faster
+        # than the eight-pass channels-first formula; the result is channels_last, as the next block wants it
+        return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), m.weight, m.bias, m.eps).permute(0, 3, 1, 2)
 
 
 class FusedLayerNorm(FusedForward):

@@ -17,6 +17,7 @@ unhashable arguments, or a capture that failed for this signature (then a warnin
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -43,7 +44,9 @@ def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
         except TypeError:
             return type(obj)(items)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: map_tensors(fn, getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init})
+        return dataclasses.replace(
+            obj, **{f.name: map_tensors(fn, getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        )
     return obj
 
 
@@ -73,7 +76,7 @@ class _Graph:
         self.graph, self.inputs, self.output = graph, inputs, output
 
     def replay(self, args: tuple, kwargs: dict, clone: bool) -> Any:
-        for static, new in zip(self.inputs, flatten_tensors((args, kwargs))):
+        for static, new in zip(self.inputs, flatten_tensors((args, kwargs)), strict=True):
             if static.data_ptr() != new.data_ptr():
                 static.copy_(new)
         self.graph.replay()
@@ -94,6 +97,7 @@ class CUDAGraphForward:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.module = module
         self.original = module.__dict__.get(_ATTR)
+        self.__signature__ = inspect.signature(module.forward)  # for code that inspects model.forward (pipelines)
         self.max_graphs, self.warmup, self.clone_outputs = max_graphs, warmup, clone_outputs
         self.graphs: OrderedDict[Any, _Graph] = OrderedDict()
         self.failed: dict[Any, str] = {}

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _ops as K
-
 from .base import FusedForward, FusedLinear, _compiling
 
 _HARMLESS = {"output_hidden_states", "return_dict", "use_cache"}  # call arguments the fused path may ignore
@@ -99,7 +98,7 @@ class FusedTransformerLayer(FusedForward):
     def _parse(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, torch.Tensor | None | bool]:
         """(hidden_states, key padding mask) or (None, _) when the call must run eager."""
         spec = self.spec
-        bound = dict(zip(spec.param_names, args))
+        bound = dict(zip(spec.param_names, args, strict=False))  # trailing parameters may be omitted
         bound.update(kwargs)
         hidden = bound.pop(spec.param_names[0], None)
         if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
@@ -119,8 +118,7 @@ class FusedTransformerLayer(FusedForward):
         return hidden, mask
 
     def __call__(self, *args, **kwargs):
-        m = self.module
-        if m.training or (torch.is_grad_enabled() and any(p.requires_grad for p in m.parameters())):
+        if self.must_run_eager(args, kwargs):
             return self.eager(*args, **kwargs)
         hidden, mask = self._parse(args, kwargs)
         if hidden is None:
