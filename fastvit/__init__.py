@@ -1,8 +1,8 @@
 """fastvit: Triton-kernel accelerated inference for ConvNeXt, ConvNeXt V2, DINOv2, ViT-Hybrid and AltCLIP.
 
-    import fastvit
-    model = fastvit.load("convnext-tiny", fused=True)   # plain nn.Module, eval mode
-    report = fastvit.patch(hf_model)                     # fuse an HF transformers model in place
+import fastvit
+model = fastvit.load("convnext-tiny", fused=True)   # plain nn.Module, eval mode
+report = fastvit.patch(hf_model)                     # fuse an HF transformers model in place
 """
 
 from __future__ import annotations

@@ -275,7 +275,7 @@ def _resolve(name_or_path: str | os.PathLike, pretrained: bool) -> tuple[dict, P
     return read_config(directory), directory, f"{info.name} ({directory})"
 
 
-def _fuse(model: nn.Module) -> None:
+def _fuse(model: nn.Module, cuda_graphs: bool) -> None:
     try:
         from .patching import patch
     except ModuleNotFoundError as e:
@@ -287,7 +287,7 @@ def _fuse(model: nn.Module) -> None:
             stacklevel=3,
         )
         return
-    patch(model)
+    patch(model, cuda_graphs=cuda_graphs)
 
 
 def load(
@@ -298,6 +298,7 @@ def load(
     task: str | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    cuda_graphs: bool = False,
 ) -> nn.Module:
     """Load a model by registry name (``"convnext-tiny"``), HF repo id, or checkpoint directory.
 
@@ -311,6 +312,8 @@ def load(
             ``"text"``); default: from config.json's ``architectures``.
         device: where the weights go (default CPU).
         dtype: floating-point dtype of the weights (default float32, as HF's default).
+        cuda_graphs: run the forward through a CUDA-graph runner (one graph per input shape/dtype, captured on
+            first use; eager on CPU, with gradients, or when capture fails). See ``fastvit.fused.graphs``.
     Returns:
         The model, an ``nn.Module`` in eval mode.
     """
@@ -340,5 +343,9 @@ def load(
     model.to(device=device, dtype=dtype)
     model.eval()
     if fused:
-        _fuse(model)
+        _fuse(model, cuda_graphs)
+    elif cuda_graphs:
+        from .fused.graphs import enable_cuda_graphs
+
+        enable_cuda_graphs(model)
     return model

@@ -93,7 +93,9 @@ def register_op(qualname: str, launcher: Callable, *, mutates_args: tuple = ()) 
 
     Uses ``torch.library.triton_op`` where the installed torch has it, so ``torch.compile(fullgraph=True)``
     traces into the kernels; on older torch a ``custom_op`` with a fake implementation that returns what the
-    launcher would allocate. Works under the Triton interpreter too (checked with torch 2.13 / triton 3.9).
+    launcher would allocate. Eager calls work under the Triton interpreter too (torch 2.13 / triton 3.9), but
+    interpreted kernels cannot be traced: under ``torch.compile`` on CPU, :func:`use_triton` sends calls to the
+    reference, so compile-through-Triton is exercised on CUDA only.
     """
     if not HAS_TRITON:
         return launcher

@@ -41,7 +41,7 @@ def assert_outputs_close(ours, theirs, fields: tuple[str, ...], *, atol: float, 
         a, e = getattr(ours, field), getattr(theirs, field)
         if isinstance(e, (tuple, list)):
             assert len(a) == len(e), f"{field}: {len(a)} tensors vs {len(e)}"
-            for i, (ai, ei) in enumerate(zip(a, e)):
+            for i, (ai, ei) in enumerate(zip(a, e, strict=True)):
                 assert_close(ai, ei, atol=atol, rtol=rtol, name=f"{field}[{i}]")
         else:
             assert_close(a, e, atol=atol, rtol=rtol, name=field)

@@ -120,7 +120,8 @@ CASES = {
     "altclip-text": ("AltCLIPTextModel", "AltCLIPTextConfig", TEXT, _text, False),
 }
 # the kernel each family's fused blocks must call
-EXPECTED_KERNEL = {"convnext": "dwconv2d_layer_norm", "convnextv2": "grn", "dinov2": "attention"}
+EXPECTED_KERNEL = {"convnext": "dwconv2d_layer_norm", "convnextv2": "dwconv2d_layer_norm"}  # default: attention
+TRITON_ONLY_KERNEL = {"convnextv2": "grn"}  # on the torch path the fused block uses its own one-pass GRN formula
 
 
 def hf_model(case: str, **overrides) -> tuple[torch.nn.Module, dict]:
@@ -210,6 +211,8 @@ def check_patch(model: torch.nn.Module, inputs: dict, monkeypatch, family: str, 
     with fastvit_kernels.backend(backend):
         fused = run(model, inputs, **kwargs)
     assert spy.calls[EXPECTED_KERNEL.get(family, "attention")] > 0, f"fused path not taken: {dict(spy.calls)}"
+    if backend == "auto" and family in TRITON_ONLY_KERNEL:
+        assert spy.calls[TRITON_ONLY_KERNEL[family]] > 0, dict(spy.calls)
     assert_fused_close(fused, eager, ref64, family)
     assert unpatch(model) == report.num_fused
     assert not patched_blocks(model)

@@ -63,7 +63,7 @@ def test_names_cover_every_family():
 def test_entry_is_consistent(name):
     info = fastvit.get_model_info(name)
     assert info.name == name and info.repo_id.split("/")[1].lower() == name
-    assert info.provenance in (registry.VERIFIED, registry.INFERRED)
+    assert info.provenance in (registry.VERIFIED, registry.CONVERSION_SCRIPT, registry.HF_DEFAULTS, registry.INFERRED)
     assert info.task == infer_task(info.config)
     assert (
         info.config["architectures"][0] in ("AltCLIPModel",)

@@ -1,8 +1,4 @@
-"""The kernel entry points the fused blocks call, imported from their op modules.
-
-(Importing from the op files, not ``fastvit_kernels.<name>``: an op module importing a sibling, e.g.
-``layer_norm_2d`` importing helpers from ``layer_norm``, binds the submodule over the lazy function name.)
-"""
+"""The kernel entry points the fused blocks call, imported once from their op modules (no lazy lookup per call)."""
 
 from fastvit_kernels._dispatch import use_triton
 from fastvit_kernels.attention import attention, attention_ref
