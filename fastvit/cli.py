@@ -33,8 +33,8 @@ from fastvit.benchmark import (
     measure,
     pixel_values,
 )
+from fastvit.fused.status import kernel_path, kernel_status
 
-KERNELS = ("layer_norm", "layer_norm_2d", "grn", "swiglu", "dwconv2d", "dwconv2d_layer_norm", "attention")
 CPU_DEFAULTS = {"batch": 4, "warmup": 0, "iters": 3}  # the first (untimed) call is the warm-up
 CUDA_DEFAULTS = {"batch": 64, "warmup": 5, "iters": 30}
 
@@ -102,24 +102,6 @@ def _version(module: str) -> str:
         return __import__(module).__version__
     except ImportError:
         return "not installed"
-
-
-def kernel_status(device: str) -> list[tuple[str, str]]:
-    """(kernel, what runs for tensors on ``device``) for every fastvit kernel."""
-    import fastvit_kernels
-
-    try:
-        reason = fastvit_kernels.triton_reason(device)
-    except Exception as e:  # noqa: BLE001
-        reason = f"unknown ({type(e).__name__}: {e})"
-    out = []
-    for name in KERNELS:
-        try:
-            getattr(fastvit_kernels, name)
-            out.append((name, reason))
-        except Exception as e:  # noqa: BLE001 - a kernel file missing or broken: say so
-            out.append((name, f"unavailable ({type(e).__name__}: {e})"))
-    return out
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -258,12 +240,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"fastvit bench {name} · {mode} · {device} {dtype_name} · batch {batch} · {args.image_size}x{args.image_size}"
     )
     print(weights_line)
-    try:
-        import fastvit_kernels
-
-        print(f"kernels: {fastvit_kernels.triton_reason(device)}")
-    except Exception as e:  # noqa: BLE001
-        print(f"kernels: unavailable ({type(e).__name__}: {e})")
+    print(f"kernels: {kernel_path(device)}")
     explicit = any(v is not None for v in (args.batch, args.iters, args.warmup))
     if device == "cpu" and not explicit:
         print(

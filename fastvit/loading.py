@@ -1,9 +1,9 @@
 """``fastvit.load``: an eager model from a registry name or an HF checkpoint directory, optionally fused.
 
-One path for every family (gpt-fast style): read config.json -> pick the task -> build the model with its parameters
-on the meta device -> read the state dict (safetensors, sharded safetensors, or ``torch.load(weights_only=True)``
-for pytorch_model.bin) -> match keys as HF does -> ``load_state_dict(assign=True)`` -> dtype/device -> eval ->
-patch with the Triton kernels when ``fused=True``.
+One path for every family (gpt-fast style): read config.json -> pick the task -> build the model under
+``torch.device("meta")`` (no allocation, no init, no global state; the models have no buffers) -> read the state dict
+(safetensors, sharded safetensors, or ``torch.load(weights_only=True)`` for pytorch_model.bin) -> match keys as HF
+does -> ``load_state_dict(assign=True)`` -> dtype/device -> eval -> patch with the Triton kernels when ``fused=True``.
 
 Key matching (HF's ``base_model_prefix`` rules, strict otherwise):
   * a checkpoint of a head model (``convnext.*`` + ``classifier.*``) loaded as the base model or a backbone: the
@@ -13,6 +13,8 @@ Key matching (HF's ``base_model_prefix`` rules, strict otherwise):
   * when the checkpoint's architecture (config.json ``architectures``) differs from the model built, keys the model
     class lists in ``_drop_if_unexpected`` are dropped and parameters it lists in ``_init_if_missing`` (e.g.
     ``ConvNextBackbone.hidden_states_norms``, which HF also initializes) get their default init, with a warning;
+  * ``*.embeddings.position_ids`` / ``token_type_ids`` of checkpoints saved before transformers 4.31 (buffers HF
+    since made non-persistent) are ignored, as HF does;
   * anything else missing or unexpected, any shape mismatch, and any tensor left on the meta device is an error.
 """
 
@@ -22,8 +24,6 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -146,6 +146,11 @@ def _remap(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, 
     return out, dropped
 
 
+# Buffers HF made non-persistent (``position_ids`` in transformers 4.31): checkpoints saved before, e.g. CLIP / XLM-R
+# towers such as BAAI/AltCLIP's, still hold them. HF ignores such keys on load; so do we (our models compute them).
+_LEGACY_BUFFERS = (r"(^|\.)embeddings\.(position_ids|token_type_ids)$",)
+
+
 def _matches(key: str, patterns: tuple[str, ...]) -> bool:
     return any(re.search(p, key) for p in patterns)
 
@@ -161,6 +166,8 @@ def _match_state_dict(
     """The state dict to assign and the parameter names to default-initialize; raises CheckpointError otherwise."""
     state = {_fix_legacy_key(k): v for k, v in state.items()}
     state, dropped = _remap(model, state)
+    expected = model.state_dict()
+    state = {k: v for k, v in state.items() if k in expected or not _matches(k, _LEGACY_BUFFERS)}
     name = type(model).__name__
     if dropped:
         warnings.warn(
@@ -168,7 +175,6 @@ def _match_state_dict(
             f"used: {_fmt_keys(dropped, 4)}",
             stacklevel=3,
         )
-    expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     to_init: list[str] = []
@@ -214,26 +220,6 @@ def _match_state_dict(
 
 
 # ----------------------------------------------------------------------------------------------------------- build
-
-
-@contextmanager
-def _params_on_meta() -> Iterator[None]:
-    """Create parameters on the meta device (no memory, no init); buffers stay real, so non-persistent buffers
-    (e.g. ``position_ids``) keep their values. Same idea as accelerate's ``init_empty_weights(include_buffers=False)``.
-    """
-    original = nn.Module.register_parameter
-
-    def register(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(self, name, param)
-        if param is not None and param.device.type != "meta":
-            p = self._parameters[name]
-            self._parameters[name] = type(p)(p.to("meta"), requires_grad=p.requires_grad)
-
-    nn.Module.register_parameter = register
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original
 
 
 def _init_missing(model: nn.Module, names: list[str], device: torch.device, dtype: torch.dtype) -> None:
@@ -332,7 +318,7 @@ def load(
             model.init_weights()
     else:
         state = read_state_dict(directory)
-        with _params_on_meta():
+        with torch.device("meta"):  # thread-local; a buffer added to a model later would be caught by _check_no_meta
             model = build_model(config, task)
         state, to_init = _match_state_dict(model, state, config, source)
         state = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()}

@@ -331,7 +331,12 @@ def patch(
     the model's forward in a CUDA-graph runner (:func:`fastvit.fused.graphs.enable_cuda_graphs`; it runs the
     model normally on CPU or when capture is impossible).
     """
+    from .fused.graphs import CUDAGraphForward
+
     flags = dict(attention=attention, layer_norm=layer_norm, dwconv=dwconv, grn=grn, swiglu=swiglu)
+    runner = model.__dict__.get("forward")
+    if isinstance(runner, CUDAGraphForward):  # its graphs replay the old blocks and read the buffers uninstall frees
+        runner.reset()
     report = PatchReport()
     for path, m in _walk(model):
         adapter = _adapter(m)

@@ -25,10 +25,10 @@ def run_script(path: str, argv: list[str], **flags: bool) -> int:
     if not os.path.isfile(path):
         print(f"fastvit run: no such file: {path}", file=sys.stderr)
         return 2
+    patch_transformers(**flags)  # first: if it raises (no transformers, bad flag), sys.argv/sys.path are untouched
     old_argv, old_path = sys.argv, list(sys.path)
     sys.argv = [path, *argv]
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-    patch_transformers(**flags)
     try:
         runpy.run_path(path, run_name="__main__")
         return 0

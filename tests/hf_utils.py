@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch import nn
 
 
 def save_hf(model, path: Path, *, safetensors: bool = True, max_shard_size: str | None = None) -> Path:
@@ -14,6 +17,27 @@ def save_hf(model, path: Path, *, safetensors: bool = True, max_shard_size: str 
         kwargs["max_shard_size"] = max_shard_size
     model.save_pretrained(path, **kwargs)
     return Path(path)
+
+
+@contextmanager
+def params_on_meta() -> Iterator[None]:
+    """Build HF models with their parameters on the meta device but real buffers (HF's modules need real
+    ``position_ids`` and drop-path schedules at construction); like accelerate's
+    ``init_empty_weights(include_buffers=False)``. Patches ``nn.Module.register_parameter`` globally: tests only.
+    """
+    original = nn.Module.register_parameter
+
+    def register(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        original(self, name, param)
+        if param is not None and param.device.type != "meta":
+            p = self._parameters[name]
+            self._parameters[name] = type(p)(p.to("meta"), requires_grad=p.requires_grad)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
 
 
 def max_err(actual: torch.Tensor, expected: torch.Tensor) -> float:

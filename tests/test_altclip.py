@@ -170,6 +170,32 @@ def test_towers_saved_alone(tmp_path):
         fastvit.load(tmp_path / "v", fused=False, task="text")
 
 
+def test_pre_4_31_checkpoint_with_position_ids(tmp_path):
+    """Checkpoints saved before transformers 4.31 (BAAI/AltCLIP's era) hold the then-persistent ``position_ids``
+    buffers of both towers; HF ignores them on load, so must we (our models have no such buffers)."""
+    from safetensors.torch import load_file, save_file
+
+    _, tc, vc, top, _ = CASES[0]
+    config = transformers.AltCLIPConfig(text_config=tc, vision_config=vc, attn_implementation="eager", **top)
+    theirs = transformers.AltCLIPModel(config).eval()
+    _randomize(theirs)
+    path = save_hf(theirs, tmp_path)
+    state = load_file(path / "model.safetensors")
+    num_positions = (vc["image_size"] // vc["patch_size"]) ** 2 + 1
+    state["text_model.roberta.embeddings.position_ids"] = torch.arange(tc["max_position_embeddings"])[None]
+    state["vision_model.embeddings.position_ids"] = torch.arange(num_positions)[None]
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    reloaded = transformers.AltCLIPModel.from_pretrained(path).eval()  # the oracle: HF accepts this checkpoint
+    ours = fastvit.load(path, fused=False)
+    text, px = _text_batch(tc), _pixels(vc)
+    with torch.no_grad():
+        a, e = ours(**text, pixel_values=px), reloaded(**text, pixel_values=px)
+    assert_outputs_close(a, e, ("logits_per_image", "text_embeds", "image_embeds"), atol=ATOL, rtol=RTOL)
+    vision = fastvit.load(path, fused=False, task="vision")  # the legacy keys of a tower loaded alone, too
+    with torch.no_grad():
+        assert_close(vision(px).pooler_output, reloaded.vision_model(px).pooler_output, atol=ATOL, rtol=RTOL)
+
+
 def test_legacy_config_dicts():
     """``text_config_dict`` / ``vision_config_dict`` (older config.json files) win over ``*_config``, as in HF."""
     raw = dict(

@@ -132,6 +132,23 @@ def test_run_script(tmp_path, capfd):
     assert "args ['a', '--flag'] __main__" in capfd.readouterr().out
 
 
+def test_run_script_restores_argv_when_patching_fails(tmp_path, monkeypatch):
+    pytest.importorskip("fastvit.runner")
+    import fastvit.patching
+    from fastvit.runner import run_script
+
+    def no_transformers(**flags):
+        raise ModuleNotFoundError("No module named 'transformers'", name="transformers")
+
+    monkeypatch.setattr(fastvit.patching, "patch_transformers", no_transformers)
+    script = tmp_path / "script.py"
+    script.write_text("pass\n")
+    argv, path = list(sys.argv), list(sys.path)
+    with pytest.raises(ModuleNotFoundError):
+        run_script(str(script), ["a"])
+    assert sys.argv == argv and sys.path == path
+
+
 def test_python_m_fastvit_readme_command():
     """The README's main-job command, as a fresh process on CPU (interpreter off, the user's default)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from fastvit.fused import _ops
-from fastvit.fused.graphs import CUDAGraphForward, enable_cuda_graphs, flatten_tensors
+from fastvit.fused.graphs import CUDAGraphForward, disable_cuda_graphs, enable_cuda_graphs, flatten_tensors
 from fastvit.patching import PatchReport, patch, patch_transformers, patched_blocks, unpatch, unpatch_transformers
 
 transformers = pytest.importorskip("transformers")
@@ -497,6 +497,40 @@ def test_graph_runner_falls_back_on_cpu(fallback):
     assert "forward" not in model.__dict__
     for a, e in zip(run(model, inputs), eager, strict=True):
         assert torch.equal(a, e)
+
+
+def test_weights_created_in_inference_mode(fallback):
+    """``with torch.inference_mode(): model = load(...); model(x)`` (inference tensors have no version counter)."""
+    with torch.inference_mode():
+        model, inputs = hf_model("dinov2-swiglu-cls")
+        eager = flatten_tensors(model(**inputs))
+        patch(model)
+        out = flatten_tensors(model(**inputs))
+        ref64 = flatten_tensors(copy.deepcopy(model).double()(**as_double(inputs)))
+    assert_fused_close(out, eager, ref64, "inference-mode weights")
+
+
+def test_repatch_drops_captured_graphs(fallback):
+    """Re-patching rebuilds the fused blocks (and frees their QKV buffers): graphs captured before must not replay."""
+    model, inputs = hf_model("dinov2-swiglu-cls")
+    runner = enable_cuda_graphs(model, max_graphs=3)
+    patch(model)
+    runner.graphs["stale"], runner.failed["other"] = object(), "capture error"  # as after captures on a GPU
+    patch(model, attention=False)
+    assert model.forward is runner and not runner.graphs and not runner.failed and runner.max_graphs == 3
+
+
+def test_graph_runner_forgets_graphs_when_weights_change(fallback):
+    """Graphs read the weights' memory: load_state_dict drops them, and moved/converted weights change the key."""
+    model, _ = hf_model("convnextv2-cls")
+    runner = enable_cuda_graphs(model)
+    key = runner._weights_key()
+    runner.graphs["captured"], runner.failed["other"] = object(), "capture error"  # as after captures on a GPU
+    model.load_state_dict(model.state_dict())
+    assert not runner.graphs and not runner.failed
+    model.double()
+    assert runner._weights_key() != key  # new storage and dtype: a new signature, captured afresh
+    assert disable_cuda_graphs(model) and not model._load_state_dict_post_hooks
 
 
 @pytest.mark.gpu

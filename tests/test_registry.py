@@ -9,8 +9,8 @@ import torch
 
 import fastvit
 from fastvit import registry
-from fastvit.loading import _params_on_meta
 from fastvit.models import build_model, infer_task
+from tests.hf_utils import params_on_meta
 
 transformers = pytest.importorskip("transformers")
 from transformers.modeling_utils import no_init_weights  # noqa: E402
@@ -82,7 +82,7 @@ def test_convnext_entries_build_like_hf(name):
     info = fastvit.get_model_info(name)
     with torch.device("meta"):
         ours = build_model(info.config)
-    with _params_on_meta(), no_init_weights():  # HF's encoder needs real tensors for its drop-path schedule
+    with params_on_meta(), no_init_weights():  # HF's encoder needs real tensors for its drop-path schedule
         theirs = getattr(transformers, info.config["architectures"][0])(_hf_config(info.config))
     assert {n: p.shape for n, p in ours.named_parameters()} == {n: p.shape for n, p in theirs.named_parameters()}
     if name in PUBLISHED_MPARAMS:

@@ -22,6 +22,12 @@ def _compiling() -> bool:
     return bool(compiler is not None and compiler.is_compiling())
 
 
+def _version(t: torch.Tensor) -> int:
+    """The in-place-write counter; inference tensors (weights created under ``torch.inference_mode``) have none, so
+    for them only a new storage, dtype or device rebuilds the cache."""
+    return -1 if t.is_inference() else t._version
+
+
 class FusedForward:
     """Callable installed as ``module.forward``: the fused path, or the original forward when the call needs it.
 
@@ -135,7 +141,7 @@ class FusedLinear:
             if w is None:
                 return self._concat()
             return w, module._buffers.get(self.b_name)
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in self._sources())
+        key = tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in self._sources())
         if key != self._key or self.w_name not in module._buffers:
             w, b = self._concat()
             module.register_buffer(self.w_name, w, persistent=False)

@@ -12,6 +12,11 @@ and output buffers; at most ``max_graphs`` are kept (least recently used evicted
 original forward runs instead - for that call, nothing captured - when capture is impossible or wrong: no CUDA,
 inputs not all CUDA tensors, training mode, autograd recording, inside ``torch.compile`` or another capture,
 unhashable arguments, or a capture that failed for this signature (then a warning, once).
+
+Weights: captured graphs read the parameters' memory. ``load_state_dict`` (copy or ``assign=True``) drops them (a
+post-hook), and the first parameter's storage, dtype and device are part of the signature, so ``.to()``,
+``.half()`` and re-assigned weights capture afresh. Writing into parameters by hand (``p.data.copy_(...)``)
+after capture is not seen by the fused q|k|v cache during replay: call ``runner.reset()`` after such edits.
 """
 
 from __future__ import annotations
@@ -103,6 +108,16 @@ class CUDAGraphForward:
         self.failed: dict[Any, str] = {}
         self.captures = 0  # graphs captured so far (evicted ones included)
         self.last_fallback: str | None = None  # why the last call ran eager (None: it replayed a graph)
+        self._hook = module.register_load_state_dict_post_hook(lambda _module, _keys: self.reset())
+
+    def reset(self) -> None:
+        """Drop every captured graph and failure record (the next call per signature captures again)."""
+        self.graphs.clear()
+        self.failed.clear()
+
+    def _weights_key(self) -> tuple:
+        p = next(self.module.parameters(), None)  # the first parameter: moves with .to() / assign=True
+        return () if p is None else (p.data_ptr(), p.dtype, p.device)
 
     def eager(self, *args, **kwargs):
         if self.original is not None:
@@ -131,7 +146,7 @@ class CUDAGraphForward:
         key = None
         if reason is None:
             try:
-                key = _signature((args, kwargs))
+                key = (_signature((args, kwargs)), self._weights_key())
             except TypeError:
                 reason = "unhashable non-tensor argument"
         if reason is None and key in self.failed:
@@ -186,7 +201,8 @@ def disable_cuda_graphs(model: nn.Module) -> bool:
     runner = model.__dict__.get(_ATTR)
     if not isinstance(runner, CUDAGraphForward):
         return False
-    runner.graphs.clear()
+    runner.reset()
+    runner._hook.remove()
     if runner.original is not None:
         model.__dict__[_ATTR] = runner.original
     else:
