@@ -344,8 +344,15 @@ def _ln_blocks(C: int, W: int, K: int) -> tuple[int, int, int, int]:
     return block_h, block_w, block_c, num_warps
 
 
+def _index_span(t: torch.Tensor) -> int:
+    """1 + the largest element offset the kernels address from ``t``'s data pointer (numel for dense tensors; more
+    for strided views, e.g. a channel slice of a larger buffer)."""
+    return 1 + sum((d - 1) * abs(s) for d, s in zip(t.shape, t.stride(), strict=True)) if t.numel() else 0
+
+
 def _use_int64(*tensors: torch.Tensor) -> bool:
-    return any(t.numel() >= _INT64_THRESHOLD for t in tensors)
+    # offsets follow the strides, so a view of few elements can still address past 2^31
+    return any(max(t.numel(), _index_span(t)) >= _INT64_THRESHOLD for t in tensors)
 
 
 def _dwconv2d_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

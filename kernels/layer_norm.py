@@ -4,8 +4,9 @@ Memory traffic: one read of x and one write of y (2 * numel * itemsize bytes) pl
 One program normalizes ``BLOCK_M`` rows held whole in registers (``BLOCK_C = next_pow2(C)``; several rows per
 program when C is small so that each program moves a few KB): mean and variance are two in-register reductions
 of the same tile, so x is read exactly once. Rows are addressed through a row stride (and a column stride), so
-strided views such as the ``[N*H*W, C]`` view of a channels_last ``[N, C, H, W]`` tensor need no copy; row offsets
-are computed in int64. fp32 math, one cast on store. Rows longer than ``MAX_C`` fall back to the reference.
+strided views such as the ``[N*H*W, C]`` view of a channels_last ``[N, C, H, W]`` tensor need no copy; row and
+column offsets are computed in int64. fp32 math, one cast on store. Rows longer than ``MAX_C`` fall back to the
+reference.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def _layer_norm_rows_kernel(
     col_mask = cols < C
     mask = (rows < M)[:, None] & col_mask[None, :]
     rows64 = rows.to(tl.int64)[:, None]
-    x = tl.load(X + rows64 * stride_xm + cols[None, :] * stride_xc, mask=mask, other=0.0).to(tl.float32)
+    cols64 = cols.to(tl.int64)[None, :]  # a column stride can be large too (last dim not innermost)
+    x = tl.load(X + rows64 * stride_xm + cols64 * stride_xc, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=1) / C  # [BLOCK_M]
     xc = tl.where(mask, x - mean[:, None], 0.0)
     var = tl.sum(xc * xc, axis=1) / C
@@ -67,7 +69,7 @@ def _layer_norm_rows_kernel(
         y = y * tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_B:
         y = y + tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    tl.store(Y + rows64 * stride_ym + cols[None, :] * stride_yc, y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + rows64 * stride_ym + cols64 * stride_yc, y.to(Y.dtype.element_ty), mask=mask)
 
 
 def next_pow2(n: int) -> int:

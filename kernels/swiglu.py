@@ -43,8 +43,9 @@ def _swiglu_kernel(
     mask = (rows < M)[:, None] & (cols < H)[None, :]
     rows64 = rows.to(tl.int64)[:, None]
     a_ptrs = Hp + rows64 * stride_hm + cols.to(tl.int64)[None, :] * stride_hn
+    b_ptrs = Hp + rows64 * stride_hm + (cols + H).to(tl.int64)[None, :] * stride_hn  # int64: H * stride_hn may not fit
     a = tl.load(a_ptrs, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(a_ptrs + H * stride_hn, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptrs, mask=mask, other=0.0).to(tl.float32)
     y = a / (1.0 + tl.exp(-a)) * b
     tl.store(Y + rows64 * H + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 

@@ -11,6 +11,6 @@ gets which. ``graphs`` holds the CUDA-graph runner.
     graphs.CUDAGraphForward               one CUDA graph per input signature, eager fallback
 """
 
-from .base import FusedForward, FusedLinear, install, is_fused, uninstall
+from .base import DerivedWeights, FusedForward, FusedLinear, install, is_fused, uninstall
 
-__all__ = ["FusedForward", "FusedLinear", "install", "is_fused", "uninstall"]
+__all__ = ["DerivedWeights", "FusedForward", "FusedLinear", "install", "is_fused", "uninstall"]

@@ -2,7 +2,7 @@
 
 from fastvit_kernels._dispatch import use_triton
 from fastvit_kernels.attention import attention, attention_ref
-from fastvit_kernels.dwconv import dwconv2d_layer_norm
+from fastvit_kernels.dwconv import dwconv2d_layer_norm, pack_weight
 from fastvit_kernels.grn import grn
 from fastvit_kernels.layer_norm import layer_norm
 from fastvit_kernels.layer_norm_2d import layer_norm_2d
@@ -15,6 +15,7 @@ __all__ = [
     "grn",
     "layer_norm",
     "layer_norm_2d",
+    "pack_weight",
     "swiglu",
     "swiglu_ref",
     "use_triton",

@@ -104,47 +104,61 @@ def is_fused(module: nn.Module) -> bool:
     return isinstance(module.__dict__.get(_ATTR), FusedForward)
 
 
-class FusedLinear:
-    """Several ``nn.Linear`` layers that read the same input, as one ``[sum(out), in]`` weight (q|k|v, gate|up).
+class DerivedWeights:
+    """Tensors derived from a block's parameters (a concatenation, a repacked layout), computed once and cached.
 
-    The concatenation is lazy and cached in non-persistent buffers on ``owner`` (so ``state_dict()`` keeps exactly
-    the original keys and ``.to()`` moves the cache with the model). It is rebuilt whenever a source tensor changes:
-    another storage (``load_state_dict(assign=True)``, ``.to()``, ``from_pretrained`` materialising meta tensors),
-    an in-place write (``load_state_dict`` copy, bumps the version counter), dtype or device. Under
-    ``torch.compile`` the check is skipped and the cache (built by an eager call) is used, or the concatenation
-    is traced into the graph when there is no cache yet.
+    The tensors live in non-persistent buffers on the block (so ``state_dict()`` keeps exactly the original keys and
+    ``.to()`` moves the cache with the model; ``uninstall`` drops them). They are rebuilt whenever a source tensor
+    changes: another storage (``load_state_dict(assign=True)``, ``.to()``, ``from_pretrained`` materialising meta
+    tensors), an in-place write (``load_state_dict`` copy, bumps the version counter; not tracked for tensors
+    created under ``torch.inference_mode()``, whose storage, dtype and device still are), dtype or device. Under
+    ``torch.compile`` the check is skipped and the cache (built by an eager call) is used, or the computation is
+    traced into the graph when there is no cache yet. Subclasses give ``_sources`` and ``_compute``.
     """
 
-    def __init__(self, owner: FusedForward, name: str, linears: Sequence[nn.Linear]) -> None:
+    def __init__(self, owner: FusedForward, names: Sequence[str]) -> None:
         self.owner = owner
-        self.linears = tuple(linears)
-        self.w_name, self.b_name = f"fastvit_{name}_weight", f"fastvit_{name}_bias"
-        self.has_bias = all(lin.bias is not None for lin in self.linears)
+        self.names = tuple(f"fastvit_{name}" for name in names)
         self._key: tuple | None = None
-        owner.buffers += [self.w_name, self.b_name]
+        owner.buffers += list(self.names)
+
+    def _sources(self) -> list[torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _compute(self) -> tuple[torch.Tensor | None, ...]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get(self) -> tuple[torch.Tensor | None, ...]:
+        """The derived tensors, one per name, fresh."""
+        module = self.owner.module
+        if _compiling():
+            if self.names[0] not in module._buffers:
+                with torch.no_grad():
+                    return self._compute()
+            return tuple(module._buffers.get(name) for name in self.names)
+        key = tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in self._sources())
+        if key != self._key or self.names[0] not in module._buffers:
+            with torch.no_grad():
+                for name, value in zip(self.names, self._compute(), strict=True):
+                    module.register_buffer(name, value, persistent=False)
+            self._key = key
+        return tuple(module._buffers[name] for name in self.names)
+
+
+class FusedLinear(DerivedWeights):
+    """Several ``nn.Linear`` layers that read the same input, as one ``[sum(out), in]`` weight (q|k|v, gate|up);
+    ``get()`` gives (weight, bias or None)."""
+
+    def __init__(self, owner: FusedForward, name: str, linears: Sequence[nn.Linear]) -> None:
+        super().__init__(owner, (f"{name}_weight", f"{name}_bias"))
+        self.linears = tuple(linears)
+        self.has_bias = all(lin.bias is not None for lin in self.linears)
 
     def _sources(self) -> list[torch.Tensor]:
         ws = [lin.weight for lin in self.linears]
         return ws + [lin.bias for lin in self.linears] if self.has_bias else ws
 
-    def _concat(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        with torch.no_grad():
-            w = torch.cat([lin.weight for lin in self.linears], 0)  # [sum(out), in]
-            b = torch.cat([lin.bias for lin in self.linears], 0) if self.has_bias else None
+    def _compute(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w = torch.cat([lin.weight for lin in self.linears], 0)  # [sum(out), in]
+        b = torch.cat([lin.bias for lin in self.linears], 0) if self.has_bias else None
         return w, b
-
-    def get(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(weight [sum(out), in], bias [sum(out)] or None), fresh."""
-        module = self.owner.module
-        if _compiling():
-            w = module._buffers.get(self.w_name)
-            if w is None:
-                return self._concat()
-            return w, module._buffers.get(self.b_name)
-        key = tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in self._sources())
-        if key != self._key or self.w_name not in module._buffers:
-            w, b = self._concat()
-            module.register_buffer(self.w_name, w, persistent=False)
-            module.register_buffer(self.b_name, b, persistent=False)
-            self._key = key
-        return module._buffers[self.w_name], module._buffers[self.b_name]

@@ -13,7 +13,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _ops as K
-from .base import FusedForward
+from .base import DerivedWeights, FusedForward
+
+
+class PackedConvWeight(DerivedWeights):
+    """The depthwise conv weight in the tap-major layout the dwconv kernels read (``pack_weight``), made once
+    instead of a repack (one extra small kernel) at every call."""
+
+    def __init__(self, owner: FusedForward, conv: nn.Conv2d) -> None:
+        super().__init__(owner, ("dwconv_weight",))
+        self.conv = conv
+
+    def _sources(self) -> list[torch.Tensor]:
+        return [self.conv.weight]
+
+    def _compute(self) -> tuple[torch.Tensor]:
+        return (K.pack_weight(self.conv.weight),)
 
 
 class FusedConvNextLayer(FusedForward):
@@ -30,6 +45,7 @@ class FusedConvNextLayer(FusedForward):
         super().__init__(module)
         self.use_dwconv, self.use_ln = dwconv, layer_norm
         self.use_grn = grn and getattr(module, "grn", None) is not None
+        self.dw_weight = PackedConvWeight(self, module.dwconv) if dwconv else None
         if dwconv:
             self.kernels["dwconv2d_layer_norm"] = 1
         elif layer_norm:
@@ -45,7 +61,8 @@ class FusedConvNextLayer(FusedForward):
         x = x.contiguous(memory_format=torch.channels_last)  # no-op after the first block
         ln = m.layernorm
         if self.use_dwconv:
-            y = K.dwconv2d_layer_norm(x, m.dwconv.weight, m.dwconv.bias, ln.weight, ln.bias, ln.eps)  # [N, H, W, C]
+            (weight,) = self.dw_weight.get()
+            y = K.dwconv2d_layer_norm(x, weight, m.dwconv.bias, ln.weight, ln.bias, ln.eps)  # [N, H, W, C]
         elif self.use_ln:
             y = K.layer_norm(m.dwconv(x).permute(0, 2, 3, 1), ln.weight, ln.bias, ln.eps)
         else:

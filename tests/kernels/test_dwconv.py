@@ -179,6 +179,22 @@ def test_int64_indexing(monkeypatch):
     assert_close(fk.dwconv2d_layer_norm(x, w, b, lw, lb, EPS), conv_ln64(x, w, b, lw, lb), 1e-5, 1e-5, "int64 LN")
 
 
+@needs_triton
+def test_int64_indexing_for_strided_views(monkeypatch):
+    """The int64 decision looks at the offsets a view addresses, not its element count: a channel slice of a larger
+    channels_last buffer has few elements but strides of the whole buffer."""
+    x, w, b, lw, lb = make_inputs(2, 12, 4, 5, 5, memory_format=torch.channels_last)
+    xv = x[:, :3]  # 120 elements addressing offsets up to 470
+    span = 1 + sum((d - 1) * s for d, s in zip(xv.shape, xv.stride(), strict=True))
+    assert xv.numel() < span
+    monkeypatch.setattr(dw, "_INT64_THRESHOLD", span)
+    assert dw._use_int64(xv) and not dw._use_int64(x[:1, :3, :1])
+    wv, bv, lwv, lbv = w[:3], b[:3], lw[:3], lb[:3]
+    assert_close(fk.dwconv2d(xv, wv, bv), conv64(xv, wv, bv), 1e-5, 1e-5, "int64 view dwconv2d")
+    got = fk.dwconv2d_layer_norm(xv, wv, bv, lwv, lbv, EPS)
+    assert_close(got, conv_ln64(xv, wv, bv, lwv, lbv), 1e-5, 1e-5, "int64 view LN")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # dispatch: which path runs
 # ---------------------------------------------------------------------------------------------------------------
