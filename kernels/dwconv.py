@@ -334,14 +334,15 @@ def _conv_blocks(C: int, W: int, K: int) -> tuple[int, int, int, int]:
 
 def _ln_blocks(C: int, W: int, K: int) -> tuple[int, int, int, int]:
     """(BLOCK_H, BLOCK_W, BLOCK_C, num_warps) for ``dwconv2d_layer_norm``: BLOCK_C = next_pow2(C) (all channels),
-    pixels per program chosen so the accumulator is ~4096 fp32 (C = 96 -> 32 pixels, 768 -> 4), 8 warps past that
-    (C > 2048: one pixel per program)."""
+    pixels per program chosen so the accumulator is ~4096 fp32 (C = 96 -> 32 pixels, 768 -> 4); from BLOCK_C = 2048
+    (ConvNeXt-L/XL stage 4) one pixel on 8 warps: two pixels on 4 warps spilled ~17 KB per thread (sm_90 compile)."""
     block_c = _next_pow2(C)
+    if block_c >= 2048:
+        return 1, 1, block_c, 8
     pixels = max(1, 4096 // block_c)
     block_h = 2 if (K >= 5 and pixels >= 4) else 1
     block_w = max(1, min(_next_pow2(W), pixels // block_h))
-    num_warps = 4 if block_h * block_w * block_c <= 4096 else 8
-    return block_h, block_w, block_c, num_warps
+    return block_h, block_w, block_c, 4
 
 
 def _index_span(t: torch.Tensor) -> int:
