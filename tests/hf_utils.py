@@ -69,3 +69,12 @@ def assert_outputs_close(ours, theirs, fields: tuple[str, ...], *, atol: float, 
                 assert_close(ai, ei, atol=atol, rtol=rtol, name=f"{field}[{i}]")
         else:
             assert_close(a, e, atol=atol, rtol=rtol, name=field)
+
+
+def assert_tuples_close(actual: tuple, expected: tuple, *, atol: float, rtol: float = 0.0):
+    """``return_dict=False`` outputs: same length, each entry (a tensor or a tuple of tensors) close."""
+    assert isinstance(actual, tuple) and len(actual) == len(expected), f"{len(actual)} entries vs {len(expected)}"
+    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+        pairs = zip(a, e, strict=True) if isinstance(e, tuple) else [(a, e)]
+        for j, (aj, ej) in enumerate(pairs):
+            assert_close(aj, ej, atol=atol, rtol=rtol, name=f"tuple[{i}][{j}]")

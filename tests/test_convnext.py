@@ -12,7 +12,7 @@ import torch
 
 import fastvit
 from fastvit.models import convnext
-from tests.hf_utils import assert_close, assert_outputs_close, save_hf
+from tests.hf_utils import assert_outputs_close, assert_tuples_close, save_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -78,10 +78,7 @@ def _compare(ours, theirs, x: torch.Tensor, fields: tuple[str, ...]) -> None:
         a, e = ours(x, output_hidden_states=True), theirs(x, output_hidden_states=True)
         assert_outputs_close(a, e, fields, atol=ATOL, rtol=RTOL)
         a_t, e_t = ours(pixel_values=x, return_dict=False), theirs(pixel_values=x, return_dict=False)
-    assert isinstance(a_t, tuple) and len(a_t) == len(e_t)
-    for i, (ai, ei) in enumerate(zip(a_t, e_t, strict=True)):
-        for j, (aj, ej) in enumerate(zip(ai, ei, strict=True) if isinstance(ei, tuple) else [(ai, ei)]):
-            assert_close(aj, ej, atol=ATOL, rtol=RTOL, name=f"tuple[{i}][{j}]")
+    assert_tuples_close(a_t, e_t, atol=ATOL, rtol=RTOL)
 
 
 @pytest.mark.parametrize("task", list(HEADS))

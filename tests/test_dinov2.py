@@ -13,7 +13,7 @@ import torch
 
 import fastvit
 from fastvit.models import dinov2
-from tests.hf_utils import assert_close, assert_outputs_close, save_hf
+from tests.hf_utils import assert_outputs_close, assert_tuples_close, save_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -100,13 +100,6 @@ def _load(hf, tmp_path, safetensors: bool = True):
     return ours
 
 
-def _compare_tuples(a_t, e_t) -> None:
-    assert isinstance(a_t, tuple) and len(a_t) == len(e_t)
-    for i, (ai, ei) in enumerate(zip(a_t, e_t, strict=True)):
-        for j, (aj, ej) in enumerate(zip(ai, ei, strict=True) if isinstance(ei, tuple) else [(ai, ei)]):
-            assert_close(aj, ej, atol=ATOL, rtol=RTOL, name=f"tuple[{i}][{j}]")
-
-
 @pytest.mark.parametrize("task", list(HEADS))
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_matches_hf(case, task, tmp_path):
@@ -122,9 +115,13 @@ def test_matches_hf(case, task, tmp_path):
         a = ours(x, output_hidden_states=True, output_attentions=True)
         e = hf(x, output_hidden_states=True, output_attentions=True)
         assert_outputs_close(a, e, fields, atol=ATOL, rtol=RTOL)
-        _compare_tuples(ours(pixel_values=x, return_dict=False), hf(pixel_values=x, return_dict=False))
-        _compare_tuples(
-            ours(x, output_hidden_states=True, return_dict=False), hf(x, output_hidden_states=True, return_dict=False)
+        a_t, e_t = ours(pixel_values=x, return_dict=False), hf(pixel_values=x, return_dict=False)
+        assert_tuples_close(a_t, e_t, atol=ATOL, rtol=RTOL)
+        assert_tuples_close(
+            ours(x, output_hidden_states=True, return_dict=False),
+            hf(x, output_hidden_states=True, return_dict=False),
+            atol=ATOL,
+            rtol=RTOL,
         )
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import fastvit
 from fastvit import registry
 from fastvit.models import build_model, vit_hybrid
-from tests.hf_utils import assert_close, assert_outputs_close, save_hf
+from tests.hf_utils import assert_close, assert_outputs_close, assert_tuples_close, save_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -113,9 +113,7 @@ def _compare(ours, theirs, x: torch.Tensor, fields: tuple[str, ...], **kwargs) -
             ours(pixel_values=x, return_dict=False, **kwargs),
             theirs(pixel_values=x, return_dict=False, **kwargs),
         )
-    assert isinstance(a_t, tuple) and len(a_t) == len(e_t)
-    for i, (ai, ei) in enumerate(zip(a_t, e_t, strict=True)):
-        assert_close(ai, ei, atol=ATOL, rtol=RTOL, name=f"tuple[{i}]")
+    assert_tuples_close(a_t, e_t, atol=ATOL, rtol=RTOL)
 
 
 @pytest.mark.parametrize("task", list(HEADS))
