@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +25,7 @@ from bench.common import (
     append_results,
     compile_enabled,
     error_line,
+    provider_failed,
     record,
     resolve_device_dtype,
     run_pytest_benchmark,
@@ -98,14 +97,8 @@ def run_case(
                 extra["patch"] = str(mv.patch_report).splitlines()[0][:200]
             row = record(provider=name, amount=case.batch, timing=t, extra=extra, **common)
             log(f"  {case.label} {name}: {row['value']:.4g} {metric} ({t.median_ms:.3f} ms/batch), max|diff| {diff}")
-        except (Skip, Unavailable) as e:
-            row = record(provider=name, error=str(e), skipped=True, **common)
-            log(f"  {case.label} {name}: skipped ({e})")
         except Exception as e:  # noqa: BLE001 - a failing provider is recorded, not fatal
-            row = record(provider=name, error=error_line(e), **common)
-            log(f"  {case.label} {name}: FAILED {error_line(e)}")
-            if os.environ.get("FASTVIT_BENCH_DEBUG") == "1":
-                traceback.print_exc()
+            row = provider_failed(e, name, case.label, log, **common)
         rows.append(row)
     del mv, pixels, ref
     if device == "cuda":

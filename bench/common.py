@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from fastvit.benchmark import DTYPE_NAMES, DTYPES, Timing, max_abs_diff, measure, synchronize
+from fastvit.benchmark import DTYPE_NAMES, DTYPES, Timing, Unavailable, max_abs_diff, measure, synchronize
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "out"
@@ -302,6 +302,18 @@ def error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]
 
 
+def provider_failed(e: Exception, provider: str, where: str, log: Callable[[str], None], **common) -> dict:
+    """The record of a provider that did not run: skipped (``Skip``, ``Unavailable``) or failed. A failure is
+    recorded, never raised; ``FASTVIT_BENCH_DEBUG=1`` also prints its traceback."""
+    if isinstance(e, (Skip, Unavailable)):
+        log(f"  {where} {provider}: skipped ({e})")
+        return record(provider=provider, error=str(e), skipped=True, **common)
+    log(f"  {where} {provider}: FAILED {error_line(e)}")
+    if os.environ.get("FASTVIT_BENCH_DEBUG") == "1":
+        traceback.print_exc()
+    return record(provider=provider, error=error_line(e), **common)
+
+
 def run_spec(
     spec: OpBench,
     device: str,
@@ -343,14 +355,8 @@ def run_spec(
                 row = record(provider=name, amount=amount, timing=t, peak=peak, extra={"max_abs_diff": diff}, **common)
                 frac = f" ({row['frac_of_peak']:.0%} of peak)" if row["frac_of_peak"] is not None else ""
                 log(f"  {spec.name} {label} {name}: {row['value']:.4g} {spec.metric}{frac}, {t.median_ms:.4f} ms")
-            except Skip as e:
-                row = record(provider=name, error=str(e), skipped=True, **common)
-                log(f"  {spec.name} {label} {name}: skipped ({e})")
             except Exception as e:  # noqa: BLE001 - a failing provider is recorded, not fatal
-                row = record(provider=name, error=error_line(e), **common)
-                log(f"  {spec.name} {label} {name}: FAILED {error_line(e)}")
-                if os.environ.get("FASTVIT_BENCH_DEBUG") == "1":
-                    traceback.print_exc()
+                row = provider_failed(e, name, f"{spec.name} {label}", log, **common)
             rows.append(row)
         del inputs, ref_out
         if device == "cuda":
