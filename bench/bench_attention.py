@@ -65,6 +65,7 @@ SPECS = [
             # DINOv2-base / ViT-B at 224 and 196+1 tokens, ViT-L / AltCLIP vision, DINOv2 at 518
             "cuda": [(64, 12, 197, 64), (64, 12, 257, 64), (64, 16, 257, 64), (8, 12, 1370, 64)],
             "cpu": [(2, 12, 197, 64)],
+            "dry": [(1, 2, 9, 16)],  # a seconds-long dry run under the Triton interpreter
         },
         make_inputs=make_inputs,
         providers={

@@ -68,7 +68,7 @@ def _bytes(inputs: tuple, *, ln: bool) -> int:
     return tensor_bytes(x, weight, bias, x) + (tensor_bytes(ln_weight, ln_bias) if ln else 0)
 
 
-SHAPES = {"cuda": CONVNEXT_TINY_STAGES, "cpu": CPU_SHAPES}
+SHAPES = {"cuda": CONVNEXT_TINY_STAGES, "cpu": CPU_SHAPES, "dry": [(1, 8, 8, 8)]}
 SPECS = [
     OpBench(
         name="dwconv2d",

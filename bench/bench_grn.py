@@ -36,7 +36,7 @@ def ours(x, gamma, beta):
 SPECS = [
     OpBench(
         name="grn",
-        shapes={"cuda": CONVNEXTV2_TINY_STAGES, "cpu": [(2, 28, 28, 384), (2, 7, 7, 3072)]},
+        shapes={"cuda": CONVNEXTV2_TINY_STAGES, "cpu": [(2, 28, 28, 384), (2, 7, 7, 3072)], "dry": [(1, 4, 4, 32)]},
         make_inputs=make_inputs,
         providers={"eager": eager, "fastvit": ours},
         amount=lambda inputs: tensor_bytes(*inputs, inputs[0]),

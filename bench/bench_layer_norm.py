@@ -34,7 +34,7 @@ SPECS = [
     OpBench(
         name="layer_norm",
         # B=64 DINOv2-base at 224: 64 * 257 = 16448 tokens; widths of ViT-B/L/g
-        shapes={"cuda": [(16448, 768), (16448, 1024), (16448, 1536)], "cpu": [(514, 768)]},
+        shapes={"cuda": [(16448, 768), (16448, 1024), (16448, 1536)], "cpu": [(514, 768)], "dry": [(8, 64)]},
         make_inputs=make_inputs,
         providers={"eager": eager, "fastvit": ours},
         amount=lambda inputs: tensor_bytes(*inputs, inputs[0]),

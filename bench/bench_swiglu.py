@@ -30,7 +30,7 @@ def ours(h):
 SPECS = [
     OpBench(
         name="swiglu",
-        shapes={"cuda": [(16448, 8192)], "cpu": [(514, 2048)]},  # B=64 x 257 tokens, 2 x 4096 hidden
+        shapes={"cuda": [(16448, 8192)], "cpu": [(514, 2048)], "dry": [(8, 64)]},  # B=64 x 257 tokens, 2 x 4096 hidden
         make_inputs=make_inputs,
         providers={"eager": eager, "fastvit": ours},
         amount=lambda inputs: tensor_bytes(inputs[0]) + tensor_bytes(inputs[0]) // 2,

@@ -6,8 +6,8 @@ providers and a byte or FLOP count) and gets from here:
     with its error and skipped, never fatal),
   * the pytest-benchmark test (``bench/conftest.py`` parametrizes ``test_*(benchmark, bench_item)``),
   * a command line (``python -m bench.bench_<op> [--device cpu] [--dtype fp32] [--out bench/out]``).
-Results are JSON lines appended to ``bench/out/results.jsonl`` (gitignored); ``python -m bench.report`` turns them
-into a Markdown table and a PNG plot.
+Results are JSON lines appended to ``bench/out/results.jsonl`` (gitignored; ``bench/results.py``);
+``python -m bench.report`` turns them into a Markdown table and a PNG plot.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import functools
-import json
 import os
 import platform
 import subprocess
@@ -29,12 +28,19 @@ from typing import Any
 
 import torch
 
-from fastvit.benchmark import DTYPE_NAMES, DTYPES, Timing, Unavailable, max_abs_diff, measure, synchronize
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "bench" / "out"
-RESULTS_NAME = "results.jsonl"
-OURS_PREFIX = "fastvit"  # providers whose name starts with this are ours; the rest are baselines
+from bench.report import markdown
+from bench.results import DEFAULT_OUT, METRICS, OURS_PREFIX, ROOT, append_results, load_results  # noqa: F401
+from fastvit.benchmark import (  # noqa: F401 - default_device / default_dtype: the suite's defaults are the CLI's
+    DTYPE_NAMES,
+    DTYPES,
+    Timing,
+    Unavailable,
+    default_device,
+    default_dtype,
+    max_abs_diff,
+    measure,
+    synchronize,
+)
 
 try:  # a few shapes recompile the same torch.compile'd function; keep dynamo from giving up on them
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
@@ -47,14 +53,6 @@ class Skip(Exception):
 
 
 # ----------------------------------------------------------------------------------------------- environment
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def default_dtype(device: str) -> str:
-    return "bf16" if device == "cuda" else "fp32"
 
 
 def _git(*args: str) -> str | None:
@@ -103,19 +101,10 @@ def environment(device: str) -> dict:
         "triton": triton_version,
         "transformers": transformers_version,
         "python": platform.python_version(),
-        "commit": (commit + ("-dirty" if dirty else "")) if commit else None,
+        # a copy of the tree without .git (the GPU machine's): the commit the caller names in FASTVIT_COMMIT
+        "commit": (commit + ("-dirty" if dirty else "")) if commit else os.environ.get("FASTVIT_COMMIT"),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def kernel_backend(device: str) -> str:
-    """What the fastvit provider runs on ``device`` ("triton", "torch fallback (...)")."""
-    try:
-        import fastvit_kernels
-
-        return fastvit_kernels.triton_reason(device)
-    except Exception as e:  # noqa: BLE001 - reported, not fatal
-        return f"unknown ({type(e).__name__}: {e})"
 
 
 @functools.cache
@@ -156,9 +145,6 @@ def attention_flops(batch: int, heads: int, seq_q: int, head_dim: int, seq_k: in
     return 4 * batch * heads * seq_q * (seq_k if seq_k is not None else seq_q) * head_dim
 
 
-METRICS = {"GB/s": True, "TFLOP/s": True, "images/s": True, "ms": False}  # metric -> higher is better
-
-
 def metric_value(metric: str, amount: float, ms: float) -> float:
     """``amount`` (bytes, FLOPs or images per call) over ``ms`` milliseconds, in ``metric`` units."""
     if metric == "GB/s":
@@ -188,7 +174,8 @@ class OpBench:
 
     Attributes:
         name: the op (``"layer_norm_2d"``).
-        shapes: device type -> list of shapes (tuples handed to ``make_inputs``).
+        shapes: device type -> list of shapes (tuples handed to ``make_inputs``); ``"dry"``: tiny shapes for
+            ``bench.gpu_run --dry-run`` (CPU, Triton interpreter).
         make_inputs: ``(shape, device, dtype) -> tuple`` of arguments shared by all providers.
         providers: name -> ``(*inputs) -> Tensor``; ``"eager"`` is the HF formula; a ``"compile"`` provider
             (``torch.compile`` of eager) is added automatically. A provider raises :class:`Skip` when it does not
@@ -218,6 +205,10 @@ class OpBench:
         if name == "compile" and name not in self.providers:
             return compiled(self.providers[self.reference])
         return self.providers[name]
+
+    def pytest_call(self, shape: tuple, provider: str, device: str, dtype: torch.dtype) -> tuple[Callable, tuple]:
+        """(call, arguments) of one pytest-benchmark case."""
+        return self.provider(provider), self.make_inputs(shape, device, dtype)
 
 
 def compile_enabled(device: str) -> bool:
@@ -249,6 +240,16 @@ def fastvit_op(name: str) -> Callable[..., Any]:
 
 
 # ------------------------------------------------------------------------------------------------- running
+
+
+def _kernel_path(device: str) -> str:
+    """``fastvit.fused.status.kernel_path``, imported here and not at the top: the harness loads, and records the
+    error, even when a fused file is broken."""
+    try:
+        from fastvit.fused.status import kernel_path
+    except Exception as e:  # noqa: BLE001 - reported in the row, not fatal
+        return f"unavailable ({type(e).__name__}: {e})"
+    return kernel_path(device)
 
 
 def record(
@@ -289,7 +290,7 @@ def record(
         "error": error,
         "skipped": skipped,
         "peak": peak,
-        "backend": kernel_backend(device) if provider.startswith(OURS_PREFIX) else None,
+        "backend": _kernel_path(device) if provider.startswith(OURS_PREFIX) else None,
         **environment(device),
     }
     if extra:
@@ -322,12 +323,18 @@ def run_spec(
     shapes: Sequence[tuple] | None = None,
     providers: Sequence[str] | None = None,
     iters: int | None = None,
+    warmup: int = 2,
+    peak: dict | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict]:
-    """Time every provider of ``spec`` at every shape; returns the records (errors recorded, never raised)."""
+    """Time every provider of ``spec`` at every shape; returns the records (errors recorded, never raised).
+
+    ``iters`` / ``warmup``: timed and untimed calls per measurement (after the call whose output is compared);
+    ``peak``: the ceilings the values are fractions of (default: :func:`peaks`, measured once per process).
+    """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     dt = DTYPES[dtype]
-    peak = peaks(device, dtype)
+    peak = peak or peaks(device, dtype)
     iters = iters or (100 if device == "cuda" else 10)
     rows = []
     for shape in shapes if shapes is not None else spec.shapes[device]:
@@ -351,7 +358,7 @@ def run_spec(
                         ref_out = out
                     diff = max_abs_diff(out, ref_out) if ref_out is not None and name != spec.reference else None
                     del out
-                    t = measure(functools.partial(fn, *inputs), device, warmup=2, iters=iters, max_time_s=2.0)
+                    t = measure(functools.partial(fn, *inputs), device, warmup=warmup, iters=iters, max_time_s=2.0)
                 row = record(provider=name, amount=amount, timing=t, peak=peak, extra={"max_abs_diff": diff}, **common)
                 frac = f" ({row['frac_of_peak']:.0%} of peak)" if row["frac_of_peak"] is not None else ""
                 log(f"  {spec.name} {label} {name}: {row['value']:.4g} {spec.metric}{frac}, {t.median_ms:.4f} ms")
@@ -362,25 +369,6 @@ def run_spec(
         if device == "cuda":
             torch.cuda.empty_cache()
     return rows
-
-
-def append_results(rows: Sequence[dict], out_dir: str | Path = DEFAULT_OUT) -> Path:
-    """Append ``rows`` as JSON lines to ``out_dir/results.jsonl``; returns the file."""
-    path = Path(out_dir) / RESULTS_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=str) + "\n")
-    return path
-
-
-def load_results(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS_NAME
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 # ------------------------------------------------------------------------------------------ pytest-benchmark
@@ -436,13 +424,6 @@ def run_pytest_benchmark(benchmark: Any, item: BenchItem) -> None:
     assert out is not None
 
 
-def _op_pytest_call(self: OpBench, shape: tuple, provider: str, device: str, dtype: torch.dtype):
-    return self.provider(provider), self.make_inputs(shape, device, dtype)
-
-
-OpBench.pytest_call = _op_pytest_call
-
-
 # ---------------------------------------------------------------------------------------------- command line
 
 
@@ -458,8 +439,6 @@ def cli(specs: Sequence[OpBench], argv: Sequence[str] | None = None) -> int:
         providers = args.providers.split(",") if args.providers else None
         rows += run_spec(spec, device, dtype, providers=providers, iters=args.iters)
     path = append_results(rows, args.out)
-    from bench.report import markdown
-
     print(markdown(rows))
     print(f"results appended to {path}")
     return 0

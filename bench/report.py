@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import DEFAULT_OUT, METRICS, OURS_PREFIX, RESULTS_NAME, load_results
+from bench.results import DEFAULT_OUT, METRICS, OURS_PREFIX, RESULTS_NAME, load_results
 
 TableKey = tuple[str, str, str, str, str]  # suite, bench, device name, dtype, metric
 
@@ -64,18 +64,27 @@ def cell(row: dict | None) -> str:
 
 
 def speedup(t: dict, case: str, metric: str) -> str:
-    """Best of ours over the best baseline, ``1.23x`` (>1 is faster for every metric)."""
+    """Best of ours over the best baseline, ``1.23x (1.10-1.35)`` (>1 is faster for every metric).
+
+    The range comes from the two rows' timing spreads (baseline p20 over ours p80 to baseline p80 over ours p20):
+    a ratio is never shown without it when the rows have one.
+    """
     higher = METRICS.get(metric, True)
     ours, base = [], []
     for p in t["providers"]:
         row = t["cells"].get((case, p))
         if row and row.get("value") is not None:
-            (ours if p.startswith(OURS_PREFIX) else base).append(row["value"])
+            (ours if p.startswith(OURS_PREFIX) else base).append(row)
     if not ours or not base:
         return "–"
-    best = max if higher else min
-    ratio = best(ours) / best(base) if higher else best(base) / best(ours)
-    return f"{ratio:.2f}x"
+    pick = max if higher else min
+    o, b = (pick(rows, key=lambda r: r["value"]) for rows in (ours, base))
+    ratio = o["value"] / b["value"] if higher else b["value"] / o["value"]
+    if not all(r.get(k) for r in (o, b) for k in ("ms", "ms_p20", "ms_p80")):
+        return f"{ratio:.2f}x"
+    lo = ratio * (b["ms_p20"] / b["ms"]) / (o["ms_p80"] / o["ms"])
+    hi = ratio * (b["ms_p80"] / b["ms"]) / (o["ms_p20"] / o["ms"])
+    return f"{ratio:.2f}x ({lo:.2f}-{hi:.2f})"
 
 
 def markdown(rows: Sequence[dict], *, title: str | None = None) -> str:
@@ -100,7 +109,7 @@ def markdown(rows: Sequence[dict], *, title: str | None = None) -> str:
         if backends:
             parts[-1] += f" · fastvit kernels: {', '.join(sorted(backends))}"
         parts.append("")
-        header = ["case", *t["providers"], "ours / best baseline"]
+        header = ["case", *t["providers"], "ours / best baseline (p20-p80)"]
         parts.append("| " + " | ".join(header) + " |")
         parts.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
         for case in t["cases"]:

@@ -36,6 +36,7 @@ KERNEL_MODULES = (
     "bench_swiglu",
     "bench_dwconv",
     "bench_attention",
+    "bench_fused_linear",
 )
 
 
@@ -43,7 +44,7 @@ def summary(rows: Sequence[dict]) -> str:
     """Short table: per bench and case, the best of ours vs the best baseline."""
     from bench.report import latest, speedup, tables
 
-    lines = [f"{'bench':<22} {'case':<34} {'metric':<9} {'ours':>10} {'best baseline':>24} {'ratio':>7}"]
+    lines = [f"{'bench':<22} {'case':<34} {'metric':<9} {'ours':>10} {'best baseline':>24} {'ratio (p20-p80)':>20}"]
     for (suite, bench, _, _, metric), t in tables(latest(rows)).items():
         higher = metric != "ms"
         for case in t["cases"]:
@@ -60,7 +61,7 @@ def summary(rows: Sequence[dict]) -> str:
             ours_s = f"{o[0]:.4g}" if o else "–"
             base_s = f"{b[0]:.4g} {b[1]}" if b else "–"
             name = bench if suite == "kernel" else f"{bench}:{suite}"
-            lines.append(f"{name:<22} {case:<34} {metric:<9} {ours_s:>10} {base_s:>24} {speedup(t, case, metric):>7}")
+            lines.append(f"{name:<22} {case:<34} {metric:<9} {ours_s:>10} {base_s:>24} {speedup(t, case, metric):>20}")
     return "\n".join(lines)
 
 

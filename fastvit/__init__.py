@@ -8,6 +8,8 @@ report = fastvit.patch(hf_model)                     # fuse an HF transformers m
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -21,6 +23,18 @@ _EXPORTS = {
     "patch_transformers": "patching",
     "unpatch_transformers": "patching",
     "PatchReport": "patching",
+    # images -> pixel values -> embeddings / labels; saving (issue 17)
+    "ImageProcessor": "preprocess",
+    "processor_for": "preprocess",
+    "load_image": "preprocess",
+    "embed": "embedding",
+    "Embedder": "embedding",
+    "read_embeddings": "embedding",
+    "predict": "prediction",
+    "save_pretrained": "saving",
+    # device-memory traffic, FLOPs and roofline of one forward (issue 13)
+    "profile": "profile",
+    "Profile": "profile",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -32,3 +46,16 @@ def __getattr__(name: str):
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value
     return value
+
+
+class _Package(types.ModuleType):
+    """Keeps ``fastvit.profile`` the function when its submodule ``fastvit.profile`` is imported (importing a
+    submodule sets it as a package attribute); the module itself: ``sys.modules["fastvit.profile"]``."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -2,9 +2,13 @@
 
     fastvit list [PATTERN]                 models: name, HF repo, parameters, task
     fastvit info                           versions, device, which kernels run and why
-    fastvit bench [MODEL] [options]        eager vs fused (vs torch.compile): images/s, speedup, max |diff|
+    fastvit bench [MODEL] [options]        eager vs fused (vs torch.compile), interleaved: images/s, speedup ± spread
     fastvit bench MODEL --latency          batch-1 latency: eager, fused, fused + CUDA graphs, compile, reduce-overhead
     fastvit run script.py [args...]        run an unchanged script with transformers patched
+    fastvit profile MODEL [--json]         bytes, FLOPs and roofline of one forward, eager vs fused (no GPU needed)
+    fastvit embed MODEL INPUT... --out F   embed image files into Parquet / .npy (resumable; see cli_pipeline)
+    fastvit predict MODEL INPUT...         top-k labels (AltCLIP: zero-shot with --labels)
+    fastvit save NAME DIR                  write an HF checkpoint directory (fastvit.load and HF read it)
 
 Errors are one line on stderr and a non-zero exit code (2: bad usage or input, 1: a failure while running).
 """
@@ -15,8 +19,7 @@ import argparse
 import os
 import platform
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,19 +27,20 @@ import torch
 import fastvit
 from fastvit.benchmark import (
     DTYPES,
+    WIDE_SPREAD,
     ModelVariants,
-    Timing,
-    Unavailable,
+    VariantResult,
+    default_device,
+    default_dtype,
     forward_fn,
-    main_output,
-    max_abs_diff,
-    measure,
     pixel_values,
+    run_variants,
+    set_threads,
 )
-from fastvit.fused.status import kernel_path, kernel_status
+from fastvit.fused.status import gemm_choices, kernel_path, kernel_status
 
-CPU_DEFAULTS = {"batch": 4, "warmup": 0, "iters": 3}  # the first (untimed) call is the warm-up
-CUDA_DEFAULTS = {"batch": 64, "warmup": 5, "iters": 30}
+CPU_DEFAULTS = {"batch": 4, "warmup": 1, "budget_s": 10.0}  # plus the first (untimed) call of each variant
+CUDA_DEFAULTS = {"batch": 64, "warmup": 5, "budget_s": 5.0}
 
 
 class CLIError(Exception):
@@ -54,14 +58,17 @@ def _err(*args: Any) -> None:
 # ------------------------------------------------------------------------------------------------------ list
 
 
-def count_params(config: dict, task: str) -> int | None:
-    """Parameters of the model a config builds, counted on the meta device (no memory, no init); None if unknown."""
+def count_params(config: dict, task: str, errors: dict[str, str] | None = None) -> int | None:
+    """Parameters of the model a config builds, counted on the meta device (no memory, no init); None if the model
+    cannot be built here, with the reason in ``errors[config["model_type"]]`` when ``errors`` is given."""
     from fastvit.models import build_model
 
     try:
         with torch.device("meta"):
             model = build_model(config, task)
-    except Exception:  # noqa: BLE001 - family not available: shown as "?"
+    except Exception as e:  # noqa: BLE001 - e.g. a dependency missing: shown as "?", explained below the table
+        if errors is not None:
+            errors.setdefault(str(config.get("model_type", "?")), f"{type(e).__name__}: {e}")
         return None
     return sum(p.numel() for p in model.parameters())
 
@@ -82,15 +89,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     for alias, target in registry.aliases().items():
         aliases.setdefault(target, []).append(alias)
     rows = []
+    errors: dict[str, str] = {}  # model_type -> why its models cannot be built (their params show as "?")
     for name in names:
         info = registry.get_model_info(name)
         shown = name + (f" ({', '.join(sorted(aliases[name]))})" if name in aliases else "")
-        rows.append((shown, info.repo_id, _fmt_params(count_params(info.config, info.task)), info.task))
+        rows.append((shown, info.repo_id, _fmt_params(count_params(info.config, info.task, errors)), info.task))
     header = ("name (alias)", "HF repo", "params", "task")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for row in [header, *rows]:
         print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}")
     print(f"\n{len(rows)} models; default: {registry.DEFAULT_MODEL}. Names, aliases and repo ids are all accepted.")
+    for model_type, reason in sorted(errors.items()):
+        print(f"params ?: {model_type} models cannot be built here ({reason})")
     return 0
 
 
@@ -98,10 +108,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _version(module: str) -> str:
+    """The module's version; "not installed"; or, installed but failing to import, the version and the reason."""
     try:
         return __import__(module).__version__
-    except ImportError:
-        return "not installed"
+    except ImportError as e:
+        from importlib import metadata
+
+        try:
+            installed = metadata.version(module)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+        return f"{installed} (installed, but `import {module}` fails: {type(e).__name__}: {e})"
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -122,6 +139,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"kernels for {device} tensors:")
         for name, status in kernel_status(device):
             print(f"  {name:<20} {status}")
+    choices = gemm_choices()  # fused_linear's per-shape choice of the fused kernel vs cuBLAS (GPU runs only)
+    print("fused_linear choices per GEMM shape:" if choices else "fused_linear choices: none timed yet (GPU only)")
+    for line in choices:
+        print(f"  {line}")
     return 0
 
 
@@ -131,7 +152,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _resolve_device(requested: str | None) -> str:
     if requested == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device cuda: no CUDA GPU is available to torch {torch.__version__}; use --device cpu")
-    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    return requested or default_device()
 
 
 def _resolve_weights(name: str, pretrained: bool | None) -> tuple[bool, str]:
@@ -159,36 +180,19 @@ def _resolve_weights(name: str, pretrained: bool | None) -> tuple[bool, str]:
 
 
 class _Progress:
-    """Progress on stderr: one line per step, plus a live call counter when stderr is a terminal."""
+    """Progress on stderr: one numbered line per step, indented notes under it."""
 
     def __init__(self, total: int, quiet: bool = False) -> None:
         self.total, self.step, self.quiet = total, 0, quiet
-        self.tty = sys.stderr.isatty()
 
-    def start(self, what: str) -> float:
+    def start(self, what: str) -> None:
         self.step += 1
         if not self.quiet:
             _err(f"[{self.step}/{self.total}] {what}")
-        return time.perf_counter()
 
-    def counting(self, fn: Callable[[], Any], label: str) -> Callable[[], Any]:
-        if self.quiet or not self.tty:
-            return fn
-        calls = [0]
-
-        def wrapped():
-            calls[0] += 1
-            sys.stderr.write(f"\r    {label}: call {calls[0]}")
-            sys.stderr.flush()
-            return fn()
-
-        return wrapped
-
-    def done(self, t0: float, what: str = "") -> None:
+    def note(self, what: str) -> None:
         if not self.quiet:
-            if self.tty:
-                sys.stderr.write("\r\033[K")
-            _err(f"    done in {time.perf_counter() - t0:.1f} s{what}")
+            _err(f"    {what}")
 
 
 def _variants_for(args: argparse.Namespace, device: str) -> tuple[list[str], list[str]]:
@@ -215,16 +219,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     name = args.model or DEFAULT_MODEL
     device = _resolve_device(args.device)
     defaults = CUDA_DEFAULTS if device == "cuda" else CPU_DEFAULTS
-    dtype_name = args.dtype or ("bf16" if device == "cuda" else "fp32")
+    dtype_name = args.dtype or default_dtype(device)
     dtype = DTYPES[dtype_name]
     batch = args.batch if args.batch is not None else (1 if args.latency else defaults["batch"])
     warmup = args.warmup if args.warmup is not None else defaults["warmup"]
-    iters = args.iters if args.iters is not None else defaults["iters"] * (5 if args.latency else 1)
-    for flag, value in (("--batch", batch), ("--iters", iters), ("--image-size", args.image_size)):
+    budget_s = args.budget_s if args.budget_s is not None else defaults["budget_s"]
+    iters = 1 if args.iters is None else args.iters
+    for flag, value in (("--batch", batch), ("--image-size", args.image_size), ("--iters", iters)):
         if value < 1:
             raise CLIError(f"{flag} must be at least 1, got {value}")
-    if warmup < 0:
-        raise CLIError(f"--warmup must be at least 0, got {warmup}")
+    for flag, value in (("--warmup", warmup), ("--budget-s", budget_s)):
+        if value < 0:
+            raise CLIError(f"{flag} must be at least 0, got {value}")
+    try:
+        threads = set_threads(args.threads, device)
+    except ValueError as e:
+        raise CLIError(f"--{e}") from e
     pretrained, weights_line = _resolve_weights(name, args.pretrained)
     variants, notes = _variants_for(args, device)
     task = args.task
@@ -241,73 +251,77 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     print(weights_line)
     print(f"kernels: {kernel_path(device)}")
-    explicit = any(v is not None for v in (args.batch, args.iters, args.warmup))
-    if device == "cpu" and not explicit:
-        print(
-            f"CPU defaults: batch {batch}, 1 untimed + {iters} timed calls per variant (--batch/--iters/--warmup "
-            "for more)"
-        )
+    default_threads = " (default on CPU; --threads N for more)" if device == "cpu" and args.threads is None else ""
+    print(f"threads: {threads}{default_threads}")
+    goal = f"{args.iters} rounds (--iters)" if args.iters else f"{budget_s:g} s budget (--budget-s), at least 3 rounds"
+    print(f"timing: variants interleaved round by round, {goal}; 1 untimed + {warmup} warm-up calls each")
     for note in notes:
         print(note)
     sys.stdout.flush()
 
     progress = _Progress(total=1 + len(variants), quiet=args.quiet)
-    t0 = progress.start(f"loading {name} ({'pretrained' if pretrained else 'random'} weights) on {device}")
+    progress.start(f"loading {name} ({'pretrained' if pretrained else 'random'} weights) on {device}")
     try:
         mv = ModelVariants(name, device=device, dtype=dtype, pretrained=pretrained, task=task)
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e).splitlines()[0]) from e
-    except (ImportError, AttributeError) as e:
-        raise CLIError(f"fastvit.load is not available ({type(e).__name__}: {e})", code=1) from e
     pixels = pixel_values(mv.model, batch, args.image_size, device, dtype)
-    progress.done(t0)
-
-    results: dict[str, Timing | str] = {}
-    diffs: dict[str, float | None] = {}
-    ref = None
-    failed = False
-    for variant in variants:
-        t0 = progress.start(f"{variant}: 1 untimed + {warmup} warm-up + {iters} timed calls")
-        try:
-            fn = forward_fn(mv.get(variant), pixels)
-            out = main_output(fn())  # first call: compile / capture / autotune, not timed
-            if variant == "eager":
-                ref = out.float()
-            diffs[variant] = max_abs_diff(out, ref) if ref is not None and variant != "eager" else None
-            del out
-            results[variant] = measure(progress.counting(fn, variant), device, warmup=warmup, iters=iters)
-            progress.done(t0)
-        except Unavailable as e:
-            results[variant] = f"n/a: {e}"
-            progress.done(t0, " (not available)")
-        except Exception as e:  # noqa: BLE001 - one failing variant does not stop the others
-            failed = True
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            results[variant] = f"FAILED: {type(e).__name__}: {first}"[:200]
-            progress.done(t0, " (failed)")
+    results = run_variants(
+        lambda variant: forward_fn(mv.get(variant), pixels),
+        variants,
+        device,
+        warmup=warmup,
+        budget_s=budget_s,
+        rounds=args.iters,
+        log=progress.note,
+        on_prepare=lambda i, variant: progress.start(f"{variant}: first call (untimed) + {warmup} warm-up"),
+    )
     if mv.patch_report is not None and not args.quiet:
         print(f"patch: {str(mv.patch_report).strip()}")
     print()
-    print(format_table(results, diffs, batch, latency=args.latency))
-    return 1 if failed else 0
+    print(format_table(results, batch, latency=args.latency))
+    for line in spread_warnings(results):
+        print(line)
+    return 1 if any(r.status == "failed" for r in results.values()) else 0
 
 
-def format_table(results: dict[str, Timing | str], diffs: dict[str, float | None], batch: int, *, latency: bool) -> str:
-    """The bench result table: time per call (median, p20-p80), images/s, speedup vs eager, max |diff| vs eager."""
-    base = results.get("eager")
-    base_ms = base.median_ms if isinstance(base, Timing) else None
+def format_table(results: dict[str, VariantResult], batch: int, *, latency: bool) -> str:
+    """The bench table: time per call (median, p20-p80), its spread, images/s, speedup over eager with its spread
+    (median and p20-p80 of the per-round ratios), max |diff| vs eager."""
     head = "ms (median, p20-p80)" if latency else "ms/batch (median, p20-p80)"
-    lines = [f"{'variant':<26} {head:>28} {'images/s':>10} {'vs eager':>9} {'max |diff| vs eager':>20}"]
+    lines = [
+        f"{'variant':<24} {head:>28} {'spread':>7} {'images/s':>10} {'vs eager (p20-p80)':>20} "
+        f"{'max |diff| vs eager':>20}"
+    ]
     for variant, r in results.items():
-        if not isinstance(r, Timing):
-            lines.append(f"{variant:<26} {r}")
+        if r.timing is None:
+            lines.append(f"{variant:<24} {'n/a' if r.status == 'unavailable' else 'FAILED'}: {r.message}"[:200])
             continue
-        spread = f"{r.median_ms:.3f} ({r.p20_ms:.3f}-{r.p80_ms:.3f})"
-        speed = f"{base_ms / r.median_ms:.2f}x" if base_ms else "–"
-        diff = diffs.get(variant)
-        diff_s = "–" if diff is None else f"{diff:.2e}"
-        lines.append(f"{variant:<26} {spread:>28} {batch * 1e3 / r.median_ms:>10.1f} {speed:>9} {diff_s:>20}")
+        t = r.timing
+        ms = f"{t.median_ms:.3f} ({t.p20_ms:.3f}-{t.p80_ms:.3f})"
+        speed = str(r.ratio) if r.ratio is not None else "–"
+        diff = "–" if r.diff is None else f"{r.diff:.2e}"
+        lines.append(
+            f"{variant:<24} {ms:>28} {t.spread:>7.1%} {batch * 1e3 / t.median_ms:>10.1f} {speed:>20} {diff:>20}"
+        )
     return "\n".join(lines)
+
+
+def spread_warnings(results: dict[str, VariantResult]) -> list[str]:
+    """Warnings for timings too noisy to trust: a spread over :data:`WIDE_SPREAD` or too few rounds."""
+    out = []
+    for variant, r in results.items():
+        if r.timing is None:
+            continue
+        if r.timing.spread > WIDE_SPREAD:
+            out.append(
+                f"warning: {variant}: spread {r.timing.spread:.0%} of the median (p20-p80) is wide; ratios closer to "
+                "1.00x than that are noise (an idle machine, fewer --threads or a longer --budget-s help)"
+            )
+    rounds = min((r.timing.n for r in results.values() if r.timing is not None), default=0)
+    if 0 < rounds < 5:
+        out.append(f"note: {rounds} timed round(s) per variant: too few for a reliable spread (--budget-s, --iters)")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------- run
@@ -316,20 +330,27 @@ def format_table(results: dict[str, Timing | str], diffs: dict[str, float | None
 def cmd_run(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.script):
         raise CLIError(f"no such script: {args.script}")
-    try:
-        from fastvit.runner import run_script
-    except ImportError as e:
-        raise CLIError(f"fastvit run is not available: fastvit.runner is missing ({e})", code=1) from e
+    from fastvit.runner import run_script
+
     return int(run_script(args.script, list(args.args)) or 0)
 
 
 # ---------------------------------------------------------------------------------------------------- parser
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from fastvit.profile import cmd_profile as run
+
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as e:  # bad model name, GPU, sizes; --measure without CUDA
+        raise CLIError(str(e)) from e
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastvit", description="Triton-accelerated vision models: list, info, bench, run.")
     p.add_argument("--version", action="version", version=f"fastvit {fastvit.__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{list,info,bench,run}")
+    sub = p.add_subparsers(dest="command", metavar="{list,info,bench,profile,run,embed,predict,save}")
     sub.required = True
 
     s = sub.add_parser("list", help="registered models: name, HF repo, parameters, task")
@@ -343,8 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="eager vs fused (vs torch.compile): images/s, speedup, max |diff|",
         description="Benchmark a model: fastvit eager vs fused (vs torch.compile). Without a cached checkpoint the "
-        "weights are random (said in the output). CPU defaults are small: batch 4, 3 timed calls after one untimed "
-        "call.",
+        "weights are random (said in the output). The variants are timed interleaved (A B A B ...) until a time "
+        "budget is spent; every time and ratio comes with its spread (p20-p80). CPU defaults: batch 4, 1 thread, "
+        "10 s budget.",
     )
     s.add_argument("model", nargs="?", default=None, help="registered name, alias, HF repo id or local directory")
     s.add_argument(
@@ -369,15 +391,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="batch-1 latency: eager, fused, fused + CUDA graphs, compile, compile reduce-overhead",
     )
-    s.add_argument("--iters", type=int, default=None, help="timed calls per variant")
-    s.add_argument("--warmup", type=int, default=None, help="warm-up calls per variant")
+    s.add_argument(
+        "--budget-s", type=float, default=None, help="timing budget, all variants together (default 10 CPU, 5 CUDA)"
+    )
+    s.add_argument("--iters", type=int, default=None, help="exactly this many interleaved rounds instead of a budget")
+    s.add_argument("--warmup", type=int, default=None, help="warm-up calls per variant (default 1 CPU, 5 CUDA)")
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default 1 on CPU: stable ratios)")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.set_defaults(func=cmd_bench)
+
+    from fastvit.profile import add_parser as add_profile_parser  # issue 13: `fastvit profile`
+
+    add_profile_parser(sub, cmd_profile)
 
     s = sub.add_parser("run", help="run a script with transformers patched (exit code as the script)")
     s.add_argument("script", help="path of the Python script")
     s.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     s.set_defaults(func=cmd_run)
+
+    from fastvit.cli_pipeline import add_pipeline_commands  # embed, predict, save (issue 17)
+
+    add_pipeline_commands(sub)
     return p
 
 

@@ -7,7 +7,9 @@ Cache location, as huggingface_hub resolves it: ``$HF_HUB_CACHE``, else ``$HF_HO
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 WEIGHT_FILES = (
@@ -16,8 +18,10 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-_SAFETENSORS_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json"]
-_BIN_PATTERNS = ["config.json", "pytorch_model.bin*"]
+# preprocessing and tokenizer files travel with the weights (fastvit.processor_for, fastvit predict --labels)
+EXTRA_FILES = ["preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+_SAFETENSORS_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", *EXTRA_FILES]
+_BIN_PATTERNS = ["config.json", "pytorch_model.bin*", *EXTRA_FILES]
 
 
 def hub_cache_dir() -> Path:
@@ -92,4 +96,42 @@ def find_weights(repo_id: str, revision: str = "main") -> Path:
     return download(repo_id, revision)
 
 
-__all__ = ["hub_cache_dir", "find_cached", "find_weights", "download", "has_weights", "WEIGHT_FILES"]
+@dataclass(frozen=True)
+class CheckpointSource:
+    """Where a model from ``fastvit.load`` came from (``model.fastvit_source``): used by ``processor_for``,
+    ``save_pretrained`` (every config.json field is kept) and ``predict`` (the checkpoint's tokenizer.json)."""
+
+    name: str  # what was passed to fastvit.load
+    directory: Path | None  # the checkpoint directory; None for random weights
+    config: dict  # config.json as read
+    preprocessor_config: dict | None  # preprocessor_config.json as read, None when absent
+
+    def file(self, name: str) -> Path | None:
+        """``directory/name`` when it exists."""
+        path = self.directory / name if self.directory is not None else None
+        return path if path is not None and path.is_file() else None
+
+
+def attach_source(model, name: str, directory: str | os.PathLike | None, config: dict) -> None:
+    """Record on ``model.fastvit_source`` where it came from, reading the checkpoint's preprocessor_config.json."""
+    directory = Path(directory) if directory is not None else None
+    pre = None
+    if directory is not None and (directory / "preprocessor_config.json").is_file():
+        path = directory / "preprocessor_config.json"
+        try:
+            pre = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot parse {path}: {e}") from e
+    model.fastvit_source = CheckpointSource(str(name), directory, dict(config), pre)
+
+
+__all__ = [
+    "hub_cache_dir",
+    "find_cached",
+    "find_weights",
+    "download",
+    "has_weights",
+    "attach_source",
+    "CheckpointSource",
+    "WEIGHT_FILES",
+]

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from . import hub, registry
-from .models import TASKS, build_model, infer_task
+from .models import infer_task, model_class
 
 __all__ = ["load", "CheckpointError", "read_config", "read_state_dict"]
 
@@ -161,9 +161,12 @@ def _fmt_keys(keys: list[str], n: int = 8) -> str:
 
 
 def _match_state_dict(
-    model: nn.Module, state: dict[str, torch.Tensor], config: dict, source: str
+    model: nn.Module, state: dict[str, torch.Tensor], config: dict, source: str, outputs_changed: bool = False
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The state dict to assign and the parameter names to default-initialize; raises CheckpointError otherwise."""
+    """The state dict to assign and the parameter names to default-initialize; raises CheckpointError otherwise.
+
+    ``outputs_changed``: the backbone outputs were chosen at load time; the model's allowances apply as for a
+    checkpoint of another architecture (HF initializes the stage norms of the new outputs, drops the others)."""
     state = {_fix_legacy_key(k): v for k, v in state.items()}
     state, dropped = _remap(model, state)
     expected = model.state_dict()
@@ -179,12 +182,13 @@ def _match_state_dict(
     unexpected = sorted(set(state) - set(expected))
     to_init: list[str] = []
     archs = config.get("architectures") or []
-    if archs and name not in archs:  # cross-architecture load: apply the model's HF-like allowances
+    if (archs and name not in archs) or outputs_changed:  # cross-architecture load: the model's HF-like allowances
         drop_ok = [k for k in unexpected if _matches(k, getattr(model, "_drop_if_unexpected", ()))]
         to_init = [k for k in missing if _matches(k, getattr(model, "_init_if_missing", ()))]
         if drop_ok or to_init:
+            what = f"a {archs[0]} checkpoint as {name}" if archs and name not in archs else "other backbone outputs"
             warnings.warn(
-                f"{source}: loading a {archs[0]} checkpoint as {name}: "
+                f"{source}: loading {what}: "
                 + (f"dropped {_fmt_keys(drop_ok, 4)}; " if drop_ok else "")
                 + (f"newly initialized {_fmt_keys(to_init, 4)}" if to_init else ""),
                 stacklevel=3,
@@ -261,19 +265,100 @@ def _resolve(name_or_path: str | os.PathLike, pretrained: bool) -> tuple[dict, P
     return read_config(directory), directory, f"{info.name} ({directory})"
 
 
-def _fuse(model: nn.Module, cuda_graphs: bool) -> None:
+def _fuse(model: nn.Module, fused: bool, cuda_graphs: bool) -> None:
+    from .patching import patch  # imported here: loading knows nothing of kernels, patching does
+
+    patch(model, kernels=fused, cuda_graphs=cuda_graphs)
+
+
+# ------------------------------------------------------------------------------------------- argument checks
+
+# the strings HF's from_pretrained(torch_dtype=...) accepts for the floating dtypes ("auto": the checkpoint's)
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "double": torch.float64,
+}
+
+
+def _check_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str:
+    """A floating torch.dtype, or "auto"; ValueError listing the valid values otherwise."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        if name == "auto" or name in _DTYPE_NAMES:
+            return "auto" if name == "auto" else _DTYPE_NAMES[name]
+    elif isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    valid = ", ".join(repr(n) for n in ("auto", *_DTYPE_NAMES))
+    raise ValueError(f"dtype={dtype!r} is not a floating-point dtype; use a torch dtype (torch.float16...) or {valid}")
+
+
+def _auto_dtype(config: dict, state: dict[str, torch.Tensor] | None) -> torch.dtype:
+    """dtype="auto" as HF: config.json's ``torch_dtype``, else the first floating tensor's dtype, else float32."""
+    name = config.get("torch_dtype")
+    if isinstance(name, str) and name.removeprefix("torch.") in _DTYPE_NAMES:
+        return _DTYPE_NAMES[name.removeprefix("torch.")]
+    floating = (v.dtype for v in (state or {}).values() if v.is_floating_point())
+    return next(floating, torch.float32)
+
+
+def _check_device(device: str | torch.device | None) -> torch.device:
+    """The torch.device, or a clear error before anything is built when it does not exist here."""
     try:
-        from .patching import patch
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.patching":
-            raise
-        warnings.warn(
-            "fused=True but fastvit.patching is not available in this build: NOTHING was fused, the model runs the "
-            "eager PyTorch path. Pass fused=False to silence this warning.",
-            stacklevel=3,
-        )
-        return
-    patch(model, cuda_graphs=cuda_graphs)
+        device = torch.device(device if device is not None else "cpu")
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a torch device ({e})") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+            raise RuntimeError(
+                f"device={str(device)!r}: no CUDA GPU is available to torch {torch.__version__} ({build}); "
+                "use device='cpu'"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device={str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device={str(device)!r}: MPS is not available to torch {torch.__version__}")
+    return device
+
+
+def _config_file(name_or_path: str | os.PathLike, directory: Path | None, source: str) -> str:
+    """Where the config came from, for error messages: the config.json path, or the registry entry."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path / "config.json")
+    return str(directory / "config.json") if directory is not None else f"the registry config of {source}"
+
+
+def _backbone_outputs(
+    cls: type, config: dict, task: str | None, out_features: list[str] | None, out_indices: list[int] | None
+) -> dict:
+    """``config`` with the backbone's outputs chosen at load time, as HF's ``BackboneMixin`` takes them (either
+    list, or both naming the same stages; the default is the last stage)."""
+    if (task or infer_task(config)) != "backbone":
+        raise ValueError(f"out_features / out_indices choose a backbone's outputs: pass task='backbone', not {task!r}")
+    config = dict(config)
+    config["out_features"] = None if out_features is None else list(out_features)
+    config["out_indices"] = None if out_indices is None else list(out_indices)
+    try:
+        cls.config_from(config)
+    except ValueError as e:
+        raise ValueError(f"out_features={out_features}, out_indices={out_indices} for {cls.__name__}: {e}") from None
+    return config
+
+
+def _build(cls: type, config: dict, where: str) -> nn.Module:
+    """``cls.build_from(config)``; a config value the model cannot take is an error naming the file."""
+    try:
+        return cls.build_from(config)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{where}: {e}") from e
 
 
 def load(
@@ -283,8 +368,10 @@ def load(
     pretrained: bool = True,
     task: str | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     cuda_graphs: bool = False,
+    out_features: list[str] | None = None,
+    out_indices: list[int] | None = None,
 ) -> nn.Module:
     """Load a model by registry name (``"convnext-tiny"``), HF repo id, or checkpoint directory.
 
@@ -297,30 +384,36 @@ def load(
         task: ``"features"``, ``"classification"``, ``"backbone"`` (AltCLIP: ``"features"``, ``"vision"``,
             ``"text"``); default: from config.json's ``architectures``.
         device: where the weights go (default CPU).
-        dtype: floating-point dtype of the weights (default float32, as HF's default).
+        dtype: floating-point dtype of the weights (default float32, as HF's default): a torch dtype, a name HF
+            accepts (``"float16"``, ``"bfloat16"``, ``"float32"``, ...) or ``"auto"`` (config.json's ``torch_dtype``,
+            else the checkpoint's).
         cuda_graphs: run the forward through a CUDA-graph runner (one graph per input shape/dtype, captured on
-            first use; eager on CPU, with gradients, or when capture fails). See ``fastvit.fused.graphs``.
+            first use; eager on CPU, with gradients, or when capture fails), through ``fastvit.patch``.
+        out_features, out_indices: the stages a ``task="backbone"`` model returns (``["stem", "stage2"]`` /
+            ``[0, -1]``), as HF's ``AutoBackbone.from_pretrained(..., out_features=...)``; default: config.json's,
+            else the last stage. Stage norms of new outputs (ConvNeXt) are initialized as HF does, with a warning.
     Returns:
         The model, an ``nn.Module`` in eval mode.
     """
-    if task is not None and task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
-    device = torch.device(device if device is not None else "cpu")
-    dtype = dtype or torch.float32
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+    device = _check_device(device)
+    dtype = _check_dtype(dtype)
     config, directory, source = _resolve(name_or_path, pretrained)
-    task = task or infer_task(config)
+    cls = model_class(config, task)  # the task check
+    outputs_changed = out_features is not None or out_indices is not None
+    if outputs_changed:
+        config = _backbone_outputs(cls, config, task, out_features, out_indices)
+    where = _config_file(name_or_path, directory, source)
 
     if directory is None:
-        model = build_model(config, task)
-        if hasattr(model, "init_weights"):
-            model.init_weights()
+        dtype = _auto_dtype(config, None) if dtype == "auto" else dtype
+        model = _build(cls, config, where)
+        model.init_weights()
     else:
         state = read_state_dict(directory)
+        dtype = _auto_dtype(config, state) if dtype == "auto" else dtype
         with torch.device("meta"):  # thread-local; a buffer added to a model later would be caught by _check_no_meta
-            model = build_model(config, task)
-        state, to_init = _match_state_dict(model, state, config, source)
+            model = _build(cls, config, where)
+        state, to_init = _match_state_dict(model, state, config, source, outputs_changed)
         state = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()}
         model.load_state_dict(state, strict=False, assign=True)
         del state
@@ -328,10 +421,7 @@ def load(
         _check_no_meta(model, source)
     model.to(device=device, dtype=dtype)
     model.eval()
-    if fused:
-        _fuse(model, cuda_graphs)
-    elif cuda_graphs:
-        from .fused.graphs import enable_cuda_graphs
-
-        enable_cuda_graphs(model)
+    hub.attach_source(model, str(name_or_path), directory, config)  # for processor_for / save_pretrained / predict
+    if fused or cuda_graphs:
+        _fuse(model, fused, cuda_graphs)
     return model

@@ -7,11 +7,13 @@ Names are the HF repo names without the organisation (``facebook/convnext-tiny-2
 ``dinov2-*``, ``vit-hybrid-base-bit-384`` and ``altclip`` likewise. A repo id is accepted wherever a name is.
 
 Provenance of the configs (no network where this was written, so no hub config.json was read):
-  * ConvNeXt (15), ConvNeXt V2 (18), DINOv2 (8) and ViT-Hybrid (1) entries were checked, name by name and value by
-    value (depths, hidden sizes, widths/heads/layers, SwiGLU, image size, patch size, label count, BiT backbone
-    settings), against the HF transformers conversion scripts that produced the published checkpoints
-    (``convert_convnext_to_pytorch.py``, ``convert_convnextv2_to_pytorch.py``, ``convert_dinov2_to_hf.py``,
-    ``convert_vit_hybrid_timm_to_pytorch.py``): ``provenance=CONVERSION_SCRIPT``;
+  * ConvNeXt (15), ConvNeXt V2 (18), DINOv2 (8), DINOv2 with registers (8) and ViT-Hybrid (1) entries were checked,
+    name by name and value by value (depths, hidden sizes, widths/heads/layers, SwiGLU, register tokens, image size,
+    patch size, label count, BiT backbone settings), against the HF transformers conversion scripts that produced
+    the published checkpoints (``convert_convnext_to_pytorch.py``, ``convert_convnextv2_to_pytorch.py``,
+    ``convert_dinov2_to_hf.py``, ``convert_dinov2_with_registers_to_hf.py``,
+    ``convert_vit_hybrid_timm_to_pytorch.py``): ``provenance=CONVERSION_SCRIPT``. The eight
+    ``facebook/dinov2-with-registers-*`` repos are the ones that script pushes (its ``model_name_to_hf_name``);
   * AltCLIP is HF 4.50's ``AltCLIPConfig`` defaults, which HF documents as "a similar configuration to that of
     BAAI/AltCLIP": ``provenance=HF_DEFAULTS``.
 When real weights are loaded, the checkpoint's own config.json is used, never these. ``id2label`` is omitted
@@ -210,6 +212,31 @@ for _size in _DINOV2_SIZES:
         _dinov2(_size, True),
         "classification",
         "DINOv2 + linear ImageNet-1k head on CLS and mean patch token",
+    )
+
+
+# --------------------------------------------------------------------------------------------- DINOv2 with registers
+# convert_dinov2_with_registers_to_hf.py: Dinov2WithRegistersConfig(image_size=518, patch_size=14) with its default
+# num_register_tokens=4, sizes as DINOv2's; the -imagenet1k-1-layer heads are the DINOv2 repo's reg4 linear heads.
+def _dinov2_with_registers(size: str, classifier: bool) -> dict:
+    cfg = _dinov2(size, classifier)
+    arch = "Dinov2WithRegistersForImageClassification" if classifier else "Dinov2WithRegistersModel"
+    cfg.update(model_type="dinov2_with_registers", architectures=[arch], num_register_tokens=4)
+    return cfg
+
+
+for _size in _DINOV2_SIZES:
+    _add(
+        f"facebook/dinov2-with-registers-{_size}",
+        _dinov2_with_registers(_size, False),
+        "features",
+        f"DINOv2 ViT-{_size} (patch 14) with 4 register tokens, features",
+    )
+    _add(
+        f"facebook/dinov2-with-registers-{_size}-imagenet1k-1-layer",
+        _dinov2_with_registers(_size, True),
+        "classification",
+        "DINOv2 with registers + linear ImageNet-1k head on CLS and mean patch token",
     )
 
 # ------------------------------------------------------------------------------------------------------- ViT-Hybrid

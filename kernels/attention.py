@@ -21,12 +21,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ._cost import Cost, kernel_cost, nbytes
 from ._dispatch import INTERPRET, launch, register_op, tl, triton, use_triton
 
 SUPPORTED_HEAD_DIMS = (32, 64, 80, 96, 128)
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # fp32: interpreter only (see attention())
 _OUT_LAYOUTS = ("bhsd", "bshd")
 _LOG2E = 1.4426950408889634
+TAIL_N = 16  # key blocks after the last full one, under the interpreter (GPU: from the autotune config)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -61,6 +63,19 @@ def _check_inputs(
         raise ValueError(f"attention: out_layout must be one of {_OUT_LAYOUTS}, got {out_layout!r}")
 
 
+def _check_key_bias(k: torch.Tensor, key_padding_mask: torch.Tensor | None, key_bias: torch.Tensor) -> None:
+    if key_padding_mask is not None:
+        raise ValueError("attention: pass key_padding_mask or key_bias, not both")
+    expected = (k.shape[0], k.shape[2])
+    if tuple(key_bias.shape) != expected or not key_bias.is_floating_point():
+        raise ValueError(
+            f"attention: key_bias must be a float [B, S] = {list(expected)} tensor (added to the scores), got "
+            f"{key_bias.dtype} of shape {tuple(key_bias.shape)}"
+        )
+    if key_bias.device != k.device:
+        raise ValueError(f"attention: key_bias is on {key_bias.device}, k on {k.device}")
+
+
 def attention_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -69,6 +84,7 @@ def attention_ref(
     key_padding_mask: torch.Tensor | None = None,
     scale: float | None = None,
     out_layout: str = "bhsd",
+    key_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Torch reference and fallback: ``F.scaled_dot_product_attention`` (non-causal) with HF mask semantics.
 
@@ -77,19 +93,30 @@ def attention_ref(
         key_padding_mask: optional [B, S], bool or 0/1 numbers; 0/False marks a padded key (any nonzero keeps it).
         scale: softmax scale, default ``1/sqrt(D)``.
         out_layout: ``"bhsd"`` -> [B, H, Sq, D] contiguous; ``"bshd"`` -> [B, Sq, H, D] contiguous.
+        key_bias: optional [B, S] float added to the scores (HF's additive mask row; exclusive with the above).
     Returns:
         The attention output in q's dtype. A batch row whose keys are all padded gets the mean of V over all S keys
         (HF eager semantics, see the module docstring); gradients stay finite.
     """
     _check_inputs(q, k, v, key_padding_mask, out_layout)
     mask = empty = None
+    if key_bias is not None:
+        _check_key_bias(k, key_padding_mask, key_bias)
+        # scores + bias in (at least) fp32, as the kernel: an fp32 finfo.min bias stays finite (fp16 would make it
+        # -inf, NaN rows); a row padded everywhere then has equal scores: the mean of V, as HF eager
+        acc = torch.promote_types(q.dtype, torch.float32)
+        bias = key_bias[:, None, None, :].to(acc)  # [B, 1, 1, S]
+        out = F.scaled_dot_product_attention(q.to(acc), k.to(acc), v.to(acc), attn_mask=bias, scale=scale)
+        out = out.to(q.dtype)
+        return (out.transpose(1, 2) if out_layout == "bshd" else out).contiguous()
     if key_padding_mask is not None:
         keep = key_padding_mask != 0  # [B, S]
         empty = ~keep.any(dim=-1)  # [B]: every key padded
         mask = (keep | empty[:, None])[:, None, None, :]  # [B, 1, 1, S]; empty rows unmasked to stay finite
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     if empty is not None:
-        v_mean = v.mean(dim=-2, keepdim=True, dtype=torch.float32).to(v.dtype)  # [B, H, 1, D]
+        acc = torch.promote_types(v.dtype, torch.float32)  # float64 stays float64
+        v_mean = v.mean(dim=-2, keepdim=True, dtype=acc).to(v.dtype)  # [B, H, 1, D]
         out = torch.where(empty[:, None, None, None], v_mean, out)
     if out_layout == "bshd":
         return out.transpose(1, 2).contiguous()
@@ -144,7 +171,11 @@ def _attn_block(
             keep = tl.load(mask_ptrs, mask=n_valid, other=0)
         else:
             keep = tl.load(mask_ptrs)
-        qk = tl.where(keep[None, :] != 0, qk, -1.0e30)  # padded: finite and equal, see the module docstring
+        if HAS_MASK == 2:  # additive [B, S] bias (HF's extended mask row), log2 domain, floored at -1e30: a padded
+            # key's score is then -1e30 exactly (finite and equal, like the keep-mask below)
+            qk = qk + tl.maximum(keep.to(tl.float32)[None, :] * 1.4426950408889634, -1.0e30)
+        else:
+            qk = tl.where(keep[None, :] != 0, qk, -1.0e30)  # padded: finite and equal, see the module docstring
     if TAIL:
         qk = tl.where(n_valid[None, :], qk, float("-inf"))  # past the end: not a key at all
     m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -166,7 +197,7 @@ def _attn_fwd(
     K,  # [B, H, S, D], unit stride on D
     V,  # [B, H, S, D], unit stride on D
     Out,  # [B, H, Sq, D] (any strides, unit stride on D)
-    Mask,  # [B, S] int8/bool, 0 = padded key (unused unless HAS_MASK)
+    Mask,  # [B, S]: HAS_MASK 1: int8/bool, 0 = padded key; 2: float additive bias; 0: unused
     stride_qb,
     stride_qh,
     stride_qm,
@@ -192,6 +223,7 @@ def _attn_fwd(
     DOT_FP32: tl.constexpr,  # upcast dot operands to fp32 (interpreter + bf16 only)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    TAIL_N: tl.constexpr,  # keys past the last full BLOCK_N block go in blocks of TAIL_N (<= BLOCK_N)
 ):
     start_m = tl.program_id(0)
     off_b = tl.program_id(1).to(tl.int64)
@@ -230,11 +262,19 @@ def _attn_fwd(
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
         mask_ptrs += BLOCK_N * stride_mn
-    if n_full < N_K:
+    # the last N_K - n_full keys in blocks of TAIL_N: S = 257 costs 4 blocks of 64 + one of 16, not 5 of 64
+    offs_t = tl.arange(0, TAIL_N)
+    k_ptrs = K + off_b * stride_kb + off_h * stride_kh + (n_full + offs_t)[None, :] * stride_kn + offs_d[:, None]
+    v_ptrs = V + off_b * stride_vb + off_h * stride_vh + (n_full + offs_t)[:, None] * stride_vn + offs_d[None, :]
+    mask_ptrs = Mask + off_b * stride_mb + (n_full + offs_t) * stride_mn
+    for start in tl.range(n_full, N_K, TAIL_N, num_stages=1):  # at most BLOCK_N / TAIL_N blocks: not pipelined
         acc, l_i, m_i = _attn_block(
-            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, offs_n, N_K - n_full, qk_scale,
-            BLOCK_N, HEAD_DIM, BLOCK_D, HAS_MASK, True, DOT_PRECISION, DOT_FP32,
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, mask_ptrs, offs_t, N_K - start, qk_scale,
+            TAIL_N, HEAD_DIM, BLOCK_D, HAS_MASK, True, DOT_PRECISION, DOT_FP32,
         )  # fmt: skip
+        k_ptrs += TAIL_N * stride_kn
+        v_ptrs += TAIL_N * stride_vn
+        mask_ptrs += TAIL_N * stride_mn
 
     # l_i >= 1: the first block always holds an in-range key, whose weight is exp2(0) at the running max
     acc = acc / l_i[:, None]
@@ -248,31 +288,29 @@ def _attn_fwd(
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Drop configs whose blocks are much larger than the sequence, and big tiles for a padded head dim of 128."""
+    """Keep the configs worth timing for this shape (at most four):
+      * BLOCK_M values that pad the queries least (within 5%): S = 257 keeps 64 only (320 rows computed; 128 would
+        compute 384), S = 197 / 577 / 1370 keep 64 and 128;
+      * BLOCK_N <= the keys rounded up to a power of two (at least 64): the keys past the last full block cost
+        blocks of TAIL_N = 16 (4 warps) or 32 (8 warps), whatever BLOCK_N;
+      * no 128 x 128 tiles with a head dim padded to 128 and more than two stages (shared memory).
+    """
     n_q, n_k, block_d = named_args["N_Q"], named_args["N_K"], kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+    rows = {bm: triton.cdiv(n_q, bm) * bm for bm in {c.kwargs["BLOCK_M"] for c in configs}}
     kept = [
         c
         for c in configs
-        if c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(n_q))
+        if rows[c.kwargs["BLOCK_M"]] <= 1.05 * min(rows.values())
         and c.kwargs["BLOCK_N"] <= max(64, triton.next_power_of_2(n_k))
         and not (block_d >= 128 and c.kwargs["BLOCK_N"] == 128 and c.num_stages > 2)  # shared memory
     ]
     return kept or configs[:1]
 
 
+# TAIL_N: 16 keys on 4 warps, 32 on 8, so that the tail's K/V tiles still give each thread 16-byte loads at D = 64
 _GPU_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in (
-        (64, 64, 4, 2),
-        (64, 64, 4, 3),
-        (64, 64, 4, 4),
-        (128, 64, 4, 3),
-        (128, 64, 8, 3),
-        (128, 64, 8, 4),
-        (128, 128, 8, 2),
-        (128, 128, 8, 3),
-        (64, 128, 4, 3),
-    )
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "TAIL_N": 4 * w}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in ((64, 64, 4, 3), (64, 128, 4, 2), (128, 64, 8, 3), (128, 128, 8, 2))
 ]
 # the interpreter: one fixed small config (autotuning there is slow and meaningless); tests may change it
 INTERPRET_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64}
@@ -297,8 +335,10 @@ def _attention_launch(
     key_padding_mask: torch.Tensor | None,
     scale: float,
     bshd: bool,
+    additive: bool,
 ) -> torch.Tensor:
-    """Allocate the output and launch the kernel. Inputs checked by :func:`attention` (unit stride on D)."""
+    """Allocate the output and launch the kernel. Inputs checked by :func:`attention` (unit stride on D).
+    ``additive``: ``key_padding_mask`` is a float bias added to the scores (``key_bias``), not a keep-mask."""
     B, H, n_q, D = q.shape
     n_k = k.shape[2]
     if bshd:
@@ -308,7 +348,10 @@ def _attention_launch(
         out = o = torch.empty((B, H, n_q, D), device=q.device, dtype=q.dtype)
     if out.numel() == 0:
         return out
-    if key_padding_mask is not None:
+    if key_padding_mask is not None and additive:
+        mask = key_padding_mask  # [B, S] float: added to the scores
+        stride_mb, stride_mn = mask.stride()
+    elif key_padding_mask is not None:
         mask = key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask != 0
         mask = mask.view(torch.int8)  # [B, S], free reinterpretation of bool
         stride_mb, stride_mn = mask.stride()
@@ -318,12 +361,12 @@ def _attention_launch(
     meta = {
         "HEAD_DIM": D,
         "BLOCK_D": triton.next_power_of_2(D),
-        "HAS_MASK": key_padding_mask is not None,
+        "HAS_MASK": 0 if key_padding_mask is None else (2 if additive else 1),
         "DOT_PRECISION": "ieee" if q.dtype == torch.float32 or dot_fp32 else "tf32",
         "DOT_FP32": dot_fp32,
     }
     if INTERPRET:
-        meta.update(INTERPRET_CONFIG)
+        meta.update(TAIL_N=TAIL_N, **INTERPRET_CONFIG)
     grid = lambda META: (triton.cdiv(n_q, META["BLOCK_M"]), B, H)  # B, H < 65536 (CUDA grid y/z limit)
     launch(
         _attn_fwd_launchable,
@@ -341,6 +384,16 @@ def _attention_launch(
     return out
 
 
+@kernel_cost(_attn_fwd)
+def _attn_fwd_cost(r) -> Cost:
+    """q, k, v (and the [B, S] int8 key mask) read once, out written once; 4*B*H*Sq*Sk*D FLOPs (QK^T and PV)."""
+    q = r["Q"]
+    B, H, n_q, D = q.shape
+    n_k = r["N_K"]
+    read = nbytes(q) + nbytes(r["K"]) + nbytes(r["V"]) + (nbytes(r["Mask"], B * n_k) if r["HAS_MASK"] else 0)
+    return Cost(read=read, written=nbytes(r["Out"]), flops=4.0 * B * H * n_q * n_k * D, kind="attention")
+
+
 _attention_op = register_op("fastvit::attention", _attention_launch)
 
 
@@ -352,8 +405,9 @@ def attention(
     key_padding_mask: torch.Tensor | None = None,
     scale: float | None = None,
     out_layout: str = "bhsd",
+    key_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Non-causal multi-head attention ``softmax(q k^T * scale) v`` with an optional key padding mask.
+    """Non-causal multi-head attention ``softmax(q k^T * scale [+ key_bias]) v`` with an optional key padding mask.
 
     Args:
         q: [B, H, Sq, D]; k, v: [B, H, S, D] (Sq == S for self-attention). Any strides with unit stride on D, e.g.
@@ -364,6 +418,8 @@ def attention(
         scale: softmax scale, default ``1/sqrt(D)``.
         out_layout: ``"bhsd"`` (default) -> [B, H, Sq, D] contiguous; ``"bshd"`` -> [B, Sq, H, D] contiguous, so
             ``out.view(B, Sq, H * D)`` feeds the output projection without a transpose copy.
+        key_bias: optional [B, S] float, added to every query's scores (an HF additive mask ``[B, 1, 1, S]`` read
+            whole: any values, ``finfo.min`` for padding). Exclusive with ``key_padding_mask``.
     Returns:
         Attention output in q's dtype.
 
@@ -374,15 +430,21 @@ def attention(
     compile and no faster). Anything else, and anything that needs gradients, runs :func:`attention_ref`.
     """
     _check_inputs(q, k, v, key_padding_mask, out_layout)
+    additive = key_bias is not None
+    if additive:
+        _check_key_bias(k, key_padding_mask, key_bias)
     if (
         not use_triton(q, k, v)
         or q.dtype not in _KERNEL_DTYPES
-        or (q.dtype == torch.float32 and q.is_cuda)  # SDPA's fp32 kernels: exact and faster than IEEE tl.dot
+        or (q.dtype == torch.float32 and q.device.type in ("cuda", "meta"))  # SDPA's fp32: exact and faster
         or q.shape[-1] not in SUPPORTED_HEAD_DIMS
         or k.shape[2] == 0
         or max(q.shape[0], q.shape[1]) > 65535  # CUDA grid y/z limit
     ):
-        return attention_ref(q, k, v, key_padding_mask=key_padding_mask, scale=scale, out_layout=out_layout)
+        return attention_ref(
+            q, k, v, key_padding_mask=key_padding_mask, scale=scale, out_layout=out_layout, key_bias=key_bias
+        )
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return _attention_op(q, k, v, key_padding_mask, scale, out_layout == "bshd")
+    mask = key_bias if additive else key_padding_mask
+    return _attention_op(q, k, v, mask, scale, out_layout == "bshd", additive)

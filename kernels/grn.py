@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import torch
 
+from ._common import DTYPES, check_input, check_param, next_pow2
+from ._cost import Cost, kernel_cost, nbytes
 from ._dispatch import launch, register_op, tl, triton, use_triton
-from .layer_norm import DTYPES, check_input, next_pow2
 
 MAX_SPLIT = 64  # H*W slices per (n, c block) in pass 1
 
@@ -153,10 +154,7 @@ def _check(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> None:
             raise ValueError(f"grn: {name} must be a tensor of shape ({C},) or (1, 1, 1, {C}), got {type(p).__name__}")
         if tuple(p.shape) not in ((C,), (1, 1, 1, C)):
             raise ValueError(f"grn: {name} must have shape ({C},) or (1, 1, 1, {C}), got {tuple(p.shape)}")
-        if not p.is_floating_point():
-            raise ValueError(f"grn: {name} must be a floating tensor, got {p.dtype}")
-        if p.device != x.device:
-            raise ValueError(f"grn: {name} is on {p.device} but x is on {x.device}")
+        check_param("grn", name, p, x)
 
 
 def _grn_launcher(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
@@ -236,6 +234,25 @@ def _grn_launcher(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps:
         num_warps=num_warps,
     )
     return y
+
+
+@kernel_cost(_grn_sumsq_kernel)
+def _grn_sumsq_cost(r) -> Cost:
+    """Pass 1: x read once, the fp32 partial sums written."""
+    return Cost(read=nbytes(r["X"]), written=nbytes(r["P"]), kind="norm")
+
+
+@kernel_cost(_grn_nx_kernel)
+def _grn_nx_cost(r) -> Cost:
+    """Pass 2: the partial sums read, nx [N, C] written."""
+    return Cost(read=nbytes(r["P"]), written=nbytes(r["NX"]), kind="norm")
+
+
+@kernel_cost(_grn_apply_kernel)
+def _grn_apply_cost(r) -> Cost:
+    """Pass 3: x (again), nx, gamma and beta read, y written."""
+    read = nbytes(r["X"]) + nbytes(r["NX"]) + nbytes(r["G"]) + nbytes(r["Bt"])
+    return Cost(read=read, written=nbytes(r["Y"]), kind="norm")
 
 
 _grn_op = register_op("fastvit::grn", _grn_launcher)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._common import DTYPES, check_channel_param, check_input, next_pow2
+from ._cost import Cost, kernel_cost, nbytes
 from ._dispatch import launch, register_op, tl, triton, use_triton
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_C = 16384  # longest row held in registers by one program
 
 
@@ -53,6 +54,7 @@ def _layer_norm_rows_kernel(
     HAS_B: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    TORCH_OVERFLOW: tl.constexpr,  # non-finite rows where F.layer_norm's are (False: HF channels-first formula)
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_C)
@@ -64,7 +66,10 @@ def _layer_norm_rows_kernel(
     mean = tl.sum(x, axis=1) / C  # [BLOCK_M]
     xc = tl.where(mask, x - mean[:, None], 0.0)
     var = tl.sum(xc * xc, axis=1) / C
-    y = xc * tl.rsqrt(var + eps)[:, None]
+    rstd = tl.rsqrt(var + eps)
+    if TORCH_OVERFLOW:  # F.layer_norm (E[x^2] - mean^2) is NaN once mean^2 overflows fp32: so are we
+        rstd = tl.where(mean * mean < float("inf"), rstd, float("nan"))
+    y = xc * rstd[:, None]
     if HAS_W:
         y = y * tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_B:
@@ -72,33 +77,20 @@ def _layer_norm_rows_kernel(
     tl.store(Y + rows64 * stride_ym + cols64 * stride_yc, y.to(Y.dtype.element_ty), mask=mask)
 
 
-def next_pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
-def check_channel_param(op: str, name: str, p: torch.Tensor | None, x: torch.Tensor, C: int) -> None:
-    """ValueError unless ``p`` is None or a floating ``[C]`` tensor on x's device."""
-    if p is None:
-        return
-    if tuple(p.shape) != (C,):
-        raise ValueError(f"{op}: {name} must have shape ({C},) for the {C} channels of x, got {tuple(p.shape)}")
-    if not p.is_floating_point():
-        raise ValueError(f"{op}: {name} must be a floating tensor, got {p.dtype}")
-    if p.device != x.device:
-        raise ValueError(f"{op}: {name} is on {p.device} but x is on {x.device}")
-
-
-def check_input(op: str, x: torch.Tensor, min_dim: int) -> None:
-    if x.dim() < min_dim:
-        raise ValueError(f"{op}: x must have at least {min_dim} dims, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{op}: x must be a floating tensor, got {x.dtype}")
-
-
 def layer_norm_rows(
-    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    torch_overflow: bool = True,
 ) -> None:
-    """Launch the row kernel: normalize each row of the 2-D (strided) view ``x`` [M, C] into ``y`` [M, C]."""
+    """Launch the row kernel: normalize each row of the 2-D (strided) view ``x`` [M, C] into ``y`` [M, C].
+
+    ``torch_overflow``: rows whose fp32 mean squared overflows give NaN, as ``F.layer_norm`` (which computes
+    ``E[x^2] - mean^2``); False keeps the centred two-pass result (a variance overflow gives ``bias``), as the HF
+    channels-first formula ``(x - u) / sqrt(mean((x - u)^2) + eps)`` that ``layer_norm_2d`` reproduces.
+    """
     M, C = x.shape
     if M == 0 or C == 0:
         return
@@ -126,6 +118,7 @@ def layer_norm_rows(
         HAS_B=bias is not None,
         BLOCK_M=BLOCK_M,
         BLOCK_C=BLOCK_C,
+        TORCH_OVERFLOW=torch_overflow,
         num_warps=num_warps,
     )
 
@@ -150,6 +143,13 @@ def _layer_norm_launcher(
     # [..., C] -> [M, C]: a view for every layout whose leading dims collapse (contiguous, row-sliced, ...)
     layer_norm_rows(x.reshape(-1, C), y.view(-1, C), weight, bias, eps)
     return y
+
+
+@kernel_cost(_layer_norm_rows_kernel)
+def _layer_norm_rows_cost(r) -> Cost:
+    """x read once, y written once, weight and bias once each."""
+    params = r["HAS_W"] * nbytes(r["W"], r["C"]) + r["HAS_B"] * nbytes(r["B"], r["C"])
+    return Cost(read=nbytes(r["X"], r["M"] * r["C"]) + params, written=nbytes(r["Y"], r["M"] * r["C"]), kind="norm")
 
 
 _layer_norm_op = register_op("fastvit::layer_norm", _layer_norm_launcher)

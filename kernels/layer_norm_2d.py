@@ -7,16 +7,19 @@ Two layouts, no copies:
     the centred tile) and stores the normalized tile: x is read once.
   * channels_last (stride of C == 1): the op is a row LayerNorm over C with a row stride, so the ``[N*H*W, C]`` view
     goes through the row kernel of :mod:`layer_norm`.
-The output keeps the input's memory format. Offsets are int64; fp32 math, one cast on store. C > ``MAX_C`` falls
-back to the reference.
+The output keeps the input's memory format, or is channels_last on request (``channels_last_out``: the ConvNeXt stem
+norm writes what the blocks read, instead of a copy in the first block). Offsets are int64; fp32 math, one cast on
+store. C > ``MAX_C`` falls back to the reference.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ._common import DTYPES, check_channel_param, check_input, next_pow2
+from ._cost import Cost, kernel_cost, nbytes
 from ._dispatch import launch, register_op, tl, triton, use_triton
-from .layer_norm import DTYPES, check_channel_param, check_input, layer_norm_rows, next_pow2
+from .layer_norm import layer_norm_rows
 
 MAX_C = 16384  # channels of one tile column held in registers
 
@@ -46,7 +49,7 @@ def layer_norm_2d_ref(
 @triton.jit
 def _layer_norm_2d_kernel(
     X,  # [N, C, H, W] with strides (stride_xn, stride_xc, stride_xh, stride_xw)
-    Y,  # [N, C, H*W] contiguous
+    Y,  # [N, C, H*W] contiguous, or [N, H*W, C] when OUT_CL
     W,  # [C] or dummy when HAS_W is False
     B,  # [C] or dummy when HAS_B is False
     C,
@@ -62,6 +65,7 @@ def _layer_norm_2d_kernel(
     HAS_B: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
+    OUT_CL: tl.constexpr = False,  # write channels_last
 ):
     pid = tl.program_id(0)  # over N * cdiv(HW, BLOCK_HW): no 65535 limit on the batch
     n_hw_blocks = tl.cdiv(HW, BLOCK_HW)
@@ -86,7 +90,10 @@ def _layer_norm_2d_kernel(
         y = y * tl.load(W + c, mask=c_mask, other=0.0).to(tl.float32)[:, None]
     if HAS_B:
         y = y + tl.load(B + c, mask=c_mask, other=0.0).to(tl.float32)[:, None]
-    y_ptrs = Y + n * C * HW + c.to(tl.int64)[:, None] * HW + hw64[None, :]
+    if OUT_CL:
+        y_ptrs = Y + n * C * HW + hw64[None, :] * C + c.to(tl.int64)[:, None]
+    else:
+        y_ptrs = Y + n * C * HW + c.to(tl.int64)[:, None] * HW + hw64[None, :]
     tl.store(y_ptrs, y.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -104,9 +111,9 @@ def _channels_last(x: torch.Tensor) -> bool:
 
 
 def _layer_norm_2d_launcher(
-    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, channels_last_out: bool = False
 ) -> torch.Tensor:
-    """Check, allocate the output in x's memory format, launch the layout's kernel."""
+    """Check, allocate the output in x's memory format (or channels_last), launch the layout's kernel."""
     _check(x, weight, bias)
     if x.dtype not in DTYPES:
         raise ValueError(f"layer_norm_2d: the Triton kernel takes {DTYPES}, got {x.dtype}")
@@ -115,9 +122,14 @@ def _layer_norm_2d_launcher(
         y = torch.empty((N, H, Wd, C), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
         if x.numel() > 0:
             # [N, C, H, W] channels_last -> [N*H*W, C] rows (a view for dense or row-strided layouts)
-            layer_norm_rows(x.permute(0, 2, 3, 1).reshape(-1, C), y.permute(0, 2, 3, 1).view(-1, C), weight, bias, eps)
+            layer_norm_rows(
+                x.permute(0, 2, 3, 1).reshape(-1, C), y.permute(0, 2, 3, 1).view(-1, C), weight, bias, eps, False
+            )
         return y
-    y = torch.empty((N, C, H, Wd), dtype=x.dtype, device=x.device)
+    if channels_last_out:
+        y = torch.empty((N, H, Wd, C), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
+    else:
+        y = torch.empty((N, C, H, Wd), dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return y
     HW = H * Wd
@@ -146,25 +158,40 @@ def _layer_norm_2d_launcher(
         HAS_B=bias is not None,
         BLOCK_C=BLOCK_C,
         BLOCK_HW=BLOCK_HW,
+        OUT_CL=channels_last_out,
         num_warps=num_warps,
     )
     return y
+
+
+@kernel_cost(_layer_norm_2d_kernel)
+def _layer_norm_2d_cost(r) -> Cost:
+    """x read once, y written once, weight and bias once each."""
+    params = r["HAS_W"] * nbytes(r["W"], r["C"]) + r["HAS_B"] * nbytes(r["B"], r["C"])
+    return Cost(read=nbytes(r["X"]) + params, written=nbytes(r["Y"]), kind="norm")
 
 
 _layer_norm_2d_op = register_op("fastvit::layer_norm_2d", _layer_norm_2d_launcher)
 
 
 def layer_norm_2d(
-    x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, eps: float = 1e-6
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    *,
+    channels_last_out: bool = False,
 ) -> torch.Tensor:
     """Channels-first LayerNorm: the Triton kernel where it applies, else :func:`layer_norm_2d_ref`.
 
     Args:
         x: ``[N, C, H, W]`` fp32/fp16/bf16, NCHW or channels_last (any strides). weight, bias: ``[C]`` or None.
+        channels_last_out: write the output channels_last whatever x's layout (no copy for channels_last readers).
     Returns:
-        ``[N, C, H, W]`` in x.dtype and x's memory format.
+        ``[N, C, H, W]`` in x.dtype and x's memory format (channels_last with ``channels_last_out``).
     """
     _check(x, weight, bias)
     if not use_triton(x, weight, bias) or x.dtype not in DTYPES or x.shape[1] > MAX_C:
-        return layer_norm_2d_ref(x, weight, bias, eps)
-    return _layer_norm_2d_op(x, weight, bias, float(eps))
+        y = layer_norm_2d_ref(x, weight, bias, eps)
+        return y.contiguous(memory_format=torch.channels_last) if channels_last_out else y
+    return _layer_norm_2d_op(x, weight, bias, float(eps), channels_last_out)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._common import DTYPES, next_pow2
+from ._cost import Cost, kernel_cost, nbytes
 from ._dispatch import launch, register_op, tl, triton, use_triton
-from .layer_norm import DTYPES, next_pow2
 
 
 def swiglu_ref(h: torch.Tensor) -> torch.Tensor:
@@ -85,6 +86,13 @@ def _swiglu_launcher(h: torch.Tensor) -> torch.Tensor:
         num_warps=8 if BLOCK_M * BLOCK_N >= 4096 else 4,
     )
     return y
+
+
+@kernel_cost(_swiglu_kernel)
+def _swiglu_cost(r) -> Cost:
+    """Both halves of h read once, the [M, H] output written once."""
+    M, H = r["M"], r["H"]
+    return Cost(read=nbytes(r["Hp"], 2 * M * H), written=nbytes(r["Y"], M * H), kind="elementwise")
 
 
 _swiglu_op = register_op("fastvit::swiglu", _swiglu_launcher)

@@ -178,7 +178,9 @@ def test_dtype_device_eval(cls_dir, dtype):
     hf = transformers.ConvNextForImageClassification.from_pretrained(cls_dir).eval().to(dtype)
     x = _x().to(dtype)
     with torch.no_grad():
-        atol = {torch.float32: ATOL, torch.float64: 1e-12, torch.bfloat16: 0.0}[dtype]  # same ops -> same numbers
+        # same ops -> same numbers; float64: HF's channels-first LayerNorm rounds its statistics to fp32, fastvit's
+        # keeps float64 (issue 16), so HF is off by its own fp32 rounding there
+        atol = {torch.float32: ATOL, torch.float64: 1e-6, torch.bfloat16: 0.0}[dtype]
         assert_outputs_close(model(x), hf(x), ("logits",), atol=atol, rtol=atol)
 
 
@@ -254,12 +256,6 @@ def test_pretrained_false_local_and_name(cls_dir, offline):
 
 
 # ----------------------------------------------------------------------------------------------------------- fusing
-
-
-def test_fused_warns_when_patching_is_missing(cls_dir, monkeypatch):
-    monkeypatch.setitem(sys.modules, "fastvit.patching", None)  # import fails as if the module did not exist
-    with pytest.warns(UserWarning, match="NOTHING was fused"):
-        fastvit.load(cls_dir, fused=True)
 
 
 def test_fused_calls_patch(cls_dir, monkeypatch):

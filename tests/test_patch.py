@@ -107,6 +107,20 @@ CASES = {
         lambda: _pixels(28),
         False,
     ),
+    "dinov2-registers-swiglu-cls": (
+        "Dinov2WithRegistersForImageClassification",
+        "Dinov2WithRegistersConfig",
+        dict(DINO, use_swiglu_ffn=True, num_register_tokens=2, layerscale_value=0.5),
+        lambda: _pixels(28),
+        False,
+    ),
+    "dinov2-registers-backbone": (
+        "Dinov2WithRegistersBackbone",
+        "Dinov2WithRegistersConfig",
+        dict(DINO, out_features=["stage1", "stage2"]),
+        lambda: _pixels(28),
+        False,
+    ),
     "vit-hybrid": ("ViTHybridModel", "ViTHybridConfig", VITH, lambda: _pixels(32), True),
     "vit-hybrid-cls": ("ViTHybridForImageClassification", "ViTHybridConfig", VITH, lambda: _pixels(32), True),
     "altclip": (
@@ -121,7 +135,9 @@ CASES = {
 }
 # the kernel each family's fused blocks must call
 EXPECTED_KERNEL = {"convnext": "dwconv2d_layer_norm", "convnextv2": "dwconv2d_layer_norm"}  # default: attention
-TRITON_ONLY_KERNEL = {"convnextv2": "grn"}  # on the torch path the fused block uses its own one-pass GRN formula
+# kernels only the Triton path calls (none left: ConvNeXt V2's GRN is folded into the two fused_linear GEMMs on both
+# paths, pwconv1's sums of squares -> gamma * nx + 1 -> pwconv2's prologue)
+TRITON_ONLY_KERNEL: dict[str, str] = {}
 
 
 def hf_model(case: str, **overrides) -> tuple[torch.nn.Module, dict]:
@@ -211,6 +227,7 @@ def check_patch(model: torch.nn.Module, inputs: dict, monkeypatch, family: str, 
     with fastvit_kernels.backend(backend):
         fused = run(model, inputs, **kwargs)
     assert spy.calls[EXPECTED_KERNEL.get(family, "attention")] > 0, f"fused path not taken: {dict(spy.calls)}"
+    assert spy.calls["fused_linear"] > 0, f"the GEMMs did not take fused_linear: {dict(spy.calls)}"
     if backend == "auto" and family in TRITON_ONLY_KERNEL:
         assert spy.calls[TRITON_ONLY_KERNEL[family]] > 0, dict(spy.calls)
     assert_fused_close(fused, eager, ref64, family)
@@ -242,7 +259,8 @@ def test_hf_patched_matches_eager(case, backend, monkeypatch):
     assert not [s for s in report.skipped if "Layer" in s[1]], str(report)
 
 
-OURS = ["convnext-cls", "convnextv2-backbone", "dinov2-swiglu-cls", "vit-hybrid-cls", "altclip", "altclip-text"]
+OURS = ["convnext-cls", "convnextv2-backbone", "dinov2-swiglu-cls", "dinov2-registers-swiglu-cls", "vit-hybrid-cls",
+        "altclip", "altclip-text"]  # fmt: skip
 OURS_TRITON = ["convnextv2-backbone", "dinov2-swiglu-cls", "altclip"]  # the interpreter is slow: one per kind
 
 
@@ -383,7 +401,7 @@ def test_flags_and_report(monkeypatch, fallback):
     out = run(model, inputs)
     assert spy.calls["attention"] == 0 and spy.calls["attention_ref"] == 2 and spy.calls["swiglu"] == 2
     assert_fused_close(out, eager, run(copy.deepcopy(model).double(), as_double(inputs)), "flags")
-    report = patch(model, attention=False, layer_norm=False, swiglu=False)  # re-patch: nothing left to fuse
+    report = patch(model, attention=False, layer_norm=False, swiglu=False, fused_linear=False)  # nothing left to fuse
     assert report.num_fused == 0 and all("disabled" in r for _, _, r in report.skipped), str(report)
     assert not patched_blocks(model)
 
@@ -593,3 +611,51 @@ def test_copy_pickle_and_dtype_change(tmp_path, fallback):
     model.double()  # the cached q|k|v must follow
     for a, e in zip(run(model, as_double(inputs)), run(eager.double(), as_double(inputs)), strict=True):
         torch.testing.assert_close(a, e, atol=1e-10, rtol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------------ GEMM epilogues
+def test_kernel_activation_names():
+    """HF's and fastvit's activation modules -> the fused_linear epilogue that computes the same function."""
+    from transformers.activations import ACT2FN
+
+    from fastvit.fused.matching import kernel_activation
+    from fastvit.models.common import get_activation
+
+    for name, expected in [("gelu", "gelu"), ("gelu_new", "gelu_tanh"), ("gelu_pytorch_tanh", "gelu_tanh"),
+                           ("quick_gelu", "quick_gelu"), ("silu", "silu"), ("relu", None), ("tanh", None)]:  # fmt: skip
+        assert kernel_activation(ACT2FN[name]) == expected, f"HF {name}"
+        assert kernel_activation(get_activation(name)) == expected, f"fastvit {name}"
+    assert kernel_activation(torch.nn.functional.gelu) == "gelu"
+
+
+@pytest.mark.parametrize("case", ["convnextv2-cls", "dinov2"])
+def test_activation_without_epilogue_runs_as_its_own_op(case, monkeypatch, fallback):
+    """An activation the GEMM epilogue does not have (relu6) runs after a plain GEMM; the rest stays fused."""
+    model, inputs = hf_model(case, hidden_act="relu6")
+    eager, ref64 = run(model, inputs), run(copy.deepcopy(model).double(), as_double(inputs))
+    report = patch(model)
+    assert report.num_fused > 0, str(report)
+    spy = Spy(monkeypatch)
+    fused = run(model, inputs)
+    if case.startswith("convnext"):  # pwconv1 + relu6 + GRN + pwconv2 stay torch ops
+        assert "fused_linear" not in report.kernels and spy.calls["fused_linear"] == 0
+    else:  # q|k|v, out-proj and fc2 fused; fc1 + relu6 not
+        assert spy.calls["fused_linear"] == 3 * 2, dict(spy.calls)
+    assert_fused_close(fused, eager, ref64, case)
+
+
+@pytest.mark.parametrize("case", ["convnextv2-cls", "dinov2", "altclip-text"])
+def test_fused_linear_off_fuses_residuals_into_the_norms(case, monkeypatch, fallback):
+    """``patch(fused_linear=False)``: cuBLAS GEMMs; pre-norm LN2 and both post-norm LNs take the residual add
+    (``add_layer_norm``); ConvNeXt keeps its torch GEMMs and the one-pass GRN."""
+    model, inputs = hf_model(case)
+    eager, ref64 = run(model, inputs), run(copy.deepcopy(model).double(), as_double(inputs))
+    report = patch(model, fused_linear=False)
+    assert "fused_linear" not in report.kernels, str(report)
+    spy = Spy(monkeypatch)
+    fused = run(model, inputs)
+    assert spy.calls["fused_linear"] == 0
+    if not case.startswith("convnext"):
+        per_layer = 2 if case == "altclip-text" else 1  # post-norm: both LayerNorms; pre-norm: LN2
+        assert spy.calls["add_layer_norm"] == per_layer * 2 == report.kernels["add_layer_norm"], dict(spy.calls)
+    assert_fused_close(fused, eager, ref64, case)

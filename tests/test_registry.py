@@ -18,7 +18,8 @@ from transformers.modeling_utils import no_init_weights  # noqa: E402
 EXPECTED = {  # family prefix -> number of published checkpoints
     "convnext-*": 15,
     "convnextv2-*": 18,
-    "dinov2-*": 8,
+    "dinov2-[sblg]*": 8,
+    "dinov2-with-registers-*": 8,
     "vit-hybrid-*": 1,
     "altclip": 1,
 }

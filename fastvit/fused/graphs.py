@@ -5,24 +5,25 @@
     with torch.inference_mode():
         out = model(pixel_values)      # first call per shape/dtype: warm up + capture; later calls: copy in, replay
 
-Like the fused blocks, the runner is installed as the instance's ``forward`` (the model object, its tree and its
-state dict are unchanged; ``disable_cuda_graphs`` / ``fastvit.unpatch`` remove it). One graph per input signature
+Like the fused blocks, the runner is an :class:`~fastvit.fused.base.InstanceForward`: installed as the instance's
+``forward`` (the model object, its tree and its state dict are unchanged; ``disable_cuda_graphs`` /
+``fastvit.unpatch`` remove it). One graph per input signature
 (tensor shapes, strides, dtypes, devices and the non-tensor arguments), captured on first use with static input
 and output buffers; at most ``max_graphs`` are kept (least recently used evicted, its memory pool freed). The
 original forward runs instead - for that call, nothing captured - when capture is impossible or wrong: no CUDA,
 inputs not all CUDA tensors, training mode, autograd recording, inside ``torch.compile`` or another capture,
 unhashable arguments, or a capture that failed for this signature (then a warning, once).
 
-Weights: captured graphs read the parameters' memory. ``load_state_dict`` (copy or ``assign=True``) drops them (a
-post-hook), and the first parameter's storage, dtype and device are part of the signature, so ``.to()``,
-``.half()`` and re-assigned weights capture afresh. Writing into parameters by hand (``p.data.copy_(...)``)
-after capture is not seen by the fused q|k|v cache during replay: call ``runner.reset()`` after such edits.
+Weights: captured graphs read the parameters' memory, so in-place writes (``p.data.copy_(...)``, the fused q|k|v
+weight included: its rows are the parameters) are seen by the next replay. ``load_state_dict`` (copy or
+``assign=True``) drops the graphs (a post-hook), and the first parameter's storage, dtype and device are part of
+the signature, so ``.to()``, ``.half()`` and re-assigned weights capture afresh. Re-pointing a parameter by hand
+(``p.data = t``) after capture is not seen by replays: call ``runner.reset()`` after such edits.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-_ATTR = "forward"
+from .base import InstanceForward
 
 
 def map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
@@ -88,8 +89,8 @@ class _Graph:
         return map_tensors(torch.Tensor.clone, self.output) if clone else self.output
 
 
-class CUDAGraphForward:
-    """Installed as ``model.forward``; see the module docstring.
+class CUDAGraphForward(InstanceForward):
+    """Installed as ``model.forward`` (outermost, over the fused blocks' forwards); see the module docstring.
 
     Args:
         module: the model. max_graphs: captured graphs kept (LRU). warmup: eager runs on a side stream before
@@ -100,15 +101,25 @@ class CUDAGraphForward:
     def __init__(self, module: nn.Module, *, max_graphs: int = 8, warmup: int = 2, clone_outputs: bool = True) -> None:
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
-        self.module = module
-        self.original = module.__dict__.get(_ATTR)
-        self.__signature__ = inspect.signature(module.forward)  # for code that inspects model.forward (pipelines)
+        super().__init__(module)
         self.max_graphs, self.warmup, self.clone_outputs = max_graphs, warmup, clone_outputs
         self.graphs: OrderedDict[Any, _Graph] = OrderedDict()
         self.failed: dict[Any, str] = {}
         self.captures = 0  # graphs captured so far (evicted ones included)
         self.last_fallback: str | None = None  # why the last call ran eager (None: it replayed a graph)
-        self._hook = module.register_load_state_dict_post_hook(lambda _module, _keys: self.reset())
+        self._hook = None
+
+    def _attach(self) -> None:
+        self._hook = self.module.register_load_state_dict_post_hook(self._on_load)  # a method: picklable
+
+    def _detach(self) -> None:
+        self.reset()
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _on_load(self, module: nn.Module, incompatible_keys) -> None:
+        self.reset()
 
     def reset(self) -> None:
         """Drop every captured graph and failure record (the next call per signature captures again)."""
@@ -118,11 +129,6 @@ class CUDAGraphForward:
     def _weights_key(self) -> tuple:
         p = next(self.module.parameters(), None)  # the first parameter: moves with .to() / assign=True
         return () if p is None else (p.data_ptr(), p.dtype, p.device)
-
-    def eager(self, *args, **kwargs):
-        if self.original is not None:
-            return self.original(*args, **kwargs)
-        return type(self.module).forward(self.module, *args, **kwargs)
 
     def fallback_reason(self, args: tuple, kwargs: dict) -> str | None:
         """Why this call cannot replay a graph, or None."""
@@ -190,21 +196,9 @@ class CUDAGraphForward:
 
 def enable_cuda_graphs(model: nn.Module, **options) -> CUDAGraphForward:
     """Install a :class:`CUDAGraphForward` on ``model`` (replacing an earlier one); options as its constructor."""
-    disable_cuda_graphs(model)
-    runner = CUDAGraphForward(model, **options)
-    model.__dict__[_ATTR] = runner
-    return runner
+    return CUDAGraphForward(model, **options).install()
 
 
 def disable_cuda_graphs(model: nn.Module) -> bool:
     """Remove the graph runner from ``model`` (freeing its graphs); True if there was one."""
-    runner = model.__dict__.get(_ATTR)
-    if not isinstance(runner, CUDAGraphForward):
-        return False
-    runner.reset()
-    runner._hook.remove()
-    if runner.original is not None:
-        model.__dict__[_ATTR] = runner.original
-    else:
-        del model.__dict__[_ATTR]
-    return True
+    return CUDAGraphForward.remove(model) is not None

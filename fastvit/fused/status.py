@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-KERNELS = ("layer_norm", "layer_norm_2d", "grn", "swiglu", "dwconv2d", "dwconv2d_layer_norm", "attention")
+KERNELS = (
+    "layer_norm",
+    "layer_norm_2d",
+    "grn",
+    "swiglu",
+    "dwconv2d",
+    "dwconv2d_layer_norm",
+    "attention",
+    "fused_linear",
+    "add_layer_norm",
+)
 
 
 def kernel_path(device: str) -> str:
@@ -28,3 +38,19 @@ def kernel_status(device: str) -> list[tuple[str, str]]:
         except Exception as e:  # noqa: BLE001 - a kernel file missing or broken: say so
             out.append((name, f"unavailable ({type(e).__name__}: {e})"))
     return out
+
+
+def gemm_choices() -> list[str]:
+    """One line per GEMM shape timed so far (this process, or persisted under ``FASTVIT_CACHE_DIR``): the
+    implementation ``fused_linear`` keeps (the fused kernel's tile config, or cuBLAS + epilogue) and the times."""
+    try:
+        import fastvit_kernels
+
+        rows = fastvit_kernels.fused_linear_choices()
+    except Exception:  # noqa: BLE001 - no kernel package: no choices
+        return []
+    lines = []
+    for r in rows:
+        times = ", ".join(f"{name} {us:g} us" for name, us in sorted(r["times_us"].items(), key=lambda kv: kv[1]))
+        lines.append(f"{r['key']} -> {r['choice']} ({times})")
+    return lines

@@ -1,12 +1,13 @@
 """Eager reference models, one family per file, module trees and state-dict keys identical to HF transformers.
 
-Every family module exports:
-  * ``MODEL_TYPES``: the HF ``model_type`` values it builds (``config.json["model_type"]``);
-  * ``ARCHITECTURES``: HF architecture class name -> task (``"ConvNextForImageClassification": "classification"``);
+Every model class derives from :class:`~fastvit.models.common.PreTrainedModel`. Every family module exports:
+  * ``MODELS``: HF ``model_type`` (``config.json["model_type"]``) -> task -> model class;
+  * ``ARCHITECTURES``: HF architecture class name -> task (``"ConvNextForImageClassification": "classification"``),
+    derived from ``MODELS``;
   * ``DEFAULT_TASK``: the task used when config.json names no known architecture;
-  * ``build(config: dict, task: str) -> nn.Module``: the model for an HF config dict (unknown keys ignored,
-    missing keys take HF 4.50's defaults). Each model class has ``base_model_prefix`` (as HF) and ``config``.
-This module only maps ``model_type`` to the family; it never imports the kernels.
+  * ``build``: :func:`build_model` under the family's name.
+This module maps ``model_type`` to the family and holds the one task check (:func:`model_class`); it never
+imports the kernels. Adding a family: a file with its classes and ``MODELS``, and a row in ``_FAMILIES``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from torch import nn
+from .common import PreTrainedModel
 
 # HF model_type -> family module
 _FAMILIES = {
     "convnext": "convnext",
     "convnextv2": "convnext",
     "dinov2": "dinov2",
+    "dinov2_with_registers": "dinov2_with_registers",
     "vit-hybrid": "vit_hybrid",
     "altclip": "altclip",
     "altclip_vision_model": "altclip",  # a saved AltCLIPVisionModel
@@ -47,11 +49,19 @@ def infer_task(config: dict) -> str:
     return fam.DEFAULT_TASK
 
 
-def build_model(config: dict, task: str | None = None) -> nn.Module:
-    """Build the eager model for an HF config dict and a task (inferred from ``architectures`` when None)."""
-    fam = family(config.get("model_type", ""))
+def model_class(config: dict, task: str | None = None) -> type[PreTrainedModel]:
+    """The model class for an HF config dict and a task (inferred from ``architectures`` when None): the one
+    place a task is checked."""
+    model_type = config.get("model_type", "")
+    by_task = family(model_type).MODELS[model_type]
     task = task or infer_task(config)
-    supported = sorted(set(fam.ARCHITECTURES.values()))
-    if task not in supported:
-        raise ValueError(f"task {task!r} is not available for {config['model_type']}; choose one of {supported}")
-    return fam.build(config, task)
+    if task not in by_task:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+        raise ValueError(f"task {task!r} is not available for {model_type}; choose one of {sorted(by_task)}")
+    return by_task[task]
+
+
+def build_model(config: dict, task: str | None = None) -> PreTrainedModel:
+    """Build the eager model for an HF config dict and a task (inferred from ``architectures`` when None)."""
+    return model_class(config, task).build_from(config)

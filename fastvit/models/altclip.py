@@ -17,7 +17,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .common import HFConfig, check_pixel_values
+from . import build_model
+from .common import HFConfig, PreTrainedModel, architectures, check_pixel_values, output_flags
+from .intermediates import IntermediatePlan, IntermediatesMixin
 from .outputs import (
     BaseModelOutput,
     BaseModelOutputWithPooling,
@@ -175,7 +177,7 @@ class AltCLIPVisionEmbeddings(nn.Module):
 
 class AltCLIPAttention(ProjSelfAttention):
     def __init__(self, config: AltCLIPVisionConfig) -> None:
-        super().__init__(config.hidden_size, config.num_attention_heads)
+        super().__init__(config.hidden_size, config.num_attention_heads, dropout=config.attention_dropout)
         self.config = config
         self.dropout = config.attention_dropout
 
@@ -254,7 +256,7 @@ class AltCLIPVisionTransformer(nn.Module):
         return_dict: bool | None = None,
         interpolate_pos_encoding: bool | None = False,
     ) -> BaseModelOutputWithPooling | tuple:
-        output_attentions, output_hidden_states, return_dict = _flags(
+        output_attentions, output_hidden_states, return_dict = output_flags(
             self.config, output_attentions, output_hidden_states, return_dict
         )
         check_pixel_values(pixel_values, self.config.num_channels)
@@ -300,6 +302,7 @@ class AltRobertaEmbeddings(nn.Module):
         )
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.position_embedding_type = config.position_embedding_type
         self.padding_idx = config.pad_token_id
         self.max_position_embeddings = config.max_position_embeddings
@@ -324,19 +327,25 @@ class AltRobertaEmbeddings(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros((batch, seq), dtype=torch.long, device=inputs_embeds.device)
         embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
-        return self.LayerNorm(embeddings)
+        return self.dropout(self.LayerNorm(embeddings))
 
 
 class AltRobertaSelfAttention(SelfAttention):
     def __init__(self, config: AltCLIPTextConfig) -> None:
-        super().__init__(config.hidden_size, config.num_attention_heads)
+        super().__init__(config.hidden_size, config.num_attention_heads, dropout=config.attention_probs_dropout_prob)
         self.position_embedding_type = config.position_embedding_type
         self.is_decoder = config.is_decoder
 
 
 class AltRobertaSelfOutput(DenseOutput):
     def __init__(self, config: AltCLIPTextConfig) -> None:
-        super().__init__(config.hidden_size, config.hidden_size, residual=True, layer_norm_eps=config.layer_norm_eps)
+        super().__init__(
+            config.hidden_size,
+            config.hidden_size,
+            residual=True,
+            layer_norm_eps=config.layer_norm_eps,
+            dropout=config.hidden_dropout_prob,
+        )
 
 
 class AltRobertaAttention(AttentionBlock):
@@ -352,7 +361,11 @@ class AltRobertaIntermediate(Intermediate):
 class AltRobertaOutput(DenseOutput):
     def __init__(self, config: AltCLIPTextConfig) -> None:
         super().__init__(
-            config.intermediate_size, config.hidden_size, residual=True, layer_norm_eps=config.layer_norm_eps
+            config.intermediate_size,
+            config.hidden_size,
+            residual=True,
+            layer_norm_eps=config.layer_norm_eps,
+            dropout=config.hidden_dropout_prob,
         )
 
 
@@ -412,15 +425,6 @@ class AltRobertaPooler(CLSPooler):
         super().__init__(config.hidden_size)
 
 
-def _flags(config: HFConfig, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
-    """Resolve HF's None-means-config output flags."""
-    return (
-        bool(config.output_attentions if output_attentions is None else output_attentions),
-        bool(config.output_hidden_states if output_hidden_states is None else output_hidden_states),
-        bool(config.use_return_dict if return_dict is None else return_dict),
-    )
-
-
 def _check_text_inputs(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, config) -> tuple[int, int]:
     """Validate ``input_ids`` ``[B, S]`` (or ``inputs_embeds`` ``[B, S, E]``); returns ``(B, S)``."""
     if input_ids is not None and inputs_embeds is not None:
@@ -448,18 +452,50 @@ def _check_text_inputs(input_ids: torch.Tensor | None, inputs_embeds: torch.Tens
 # ---------------------------------------------------------------------------------------------------------- models
 
 
-class AltCLIPPreTrainedModel(nn.Module):
-    """Common base: ``config``, HF's ``base_model_prefix`` and the loader's key rules."""
+class AltCLIPPreTrainedModel(IntermediatesMixin, PreTrainedModel):
+    """HF's class attributes for AltCLIP, its random init, which tower of a full ``altclip`` config a model reads
+    (the rest: :class:`~.common.PreTrainedModel`), and the vision tower's layers for ``forward_intermediates``."""
 
-    config_class: ClassVar[type] = AltCLIPConfig
-    base_model_prefix: ClassVar[str] = "altclip"
-    main_input_name: ClassVar[str] = "input_ids"
-    _init_if_missing: ClassVar[tuple[str, ...]] = ()
-    _drop_if_unexpected: ClassVar[tuple[str, ...]] = ()
+    config_class = AltCLIPConfig
+    base_model_prefix = "altclip"
+    main_input_name = "input_ids"
+    tower: ClassVar[str | None] = None  # "vision" / "text": the sub-config of a full AltCLIP config this model reads
 
-    def __init__(self, config: HFConfig) -> None:
-        super().__init__()
-        self.config = config
+    @classmethod
+    def config_from(cls, config: dict[str, Any]) -> HFConfig:
+        """A full ``altclip`` config (its ``tower`` sub-config for a one-tower model), or a saved tower's config
+        (``altclip_vision_model`` / ``altclip_text_model``), which only that tower's model reads."""
+        model_type = config.get("model_type", "altclip")
+        if model_type == "altclip":
+            full = AltCLIPConfig.from_dict(config)
+            return full if cls.tower is None else getattr(full, f"{cls.tower}_config")
+        if model_type != cls.config_class.model_type:
+            holds = "vision" if model_type == AltCLIPVisionConfig.model_type else "text"
+            raise ValueError(
+                f"a {model_type} config.json holds only the {holds} tower: use task={holds!r}, not a {cls.__name__}"
+            )
+        return cls.config_class.from_dict(config)
+
+    def _intermediate_plan(self, interpolate_pos_encoding: bool = False) -> IntermediatePlan:
+        """The vision tower's layers (AltCLIPModel, AltCLIPVisionModel); ``norm``: ``post_layernorm``."""
+        tower = self._modules.get("vision_model")
+        if tower is None:
+            raise ValueError(f"{type(self).__name__} has no vision tower to take intermediate layers from")
+        patch = tower.embeddings.patch_size
+
+        def embed(pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+            hidden = tower.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+            grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+            return tower.pre_layrnorm(hidden), grid  # [B, 1 + N, D]: the encoder's input (HF's hidden_states[0])
+
+        return IntermediatePlan(
+            embed=embed,
+            blocks=tower.encoder.layers,
+            run=lambda layer, hidden: layer(hidden, None, None)[0],
+            final=lambda hidden: hidden,  # CLIP's last_hidden_state is the encoder output (not normed)
+            norm=lambda i, hidden: tower.post_layernorm(hidden),
+            num_prefix_tokens=1,
+        )
 
     def init_weights(self) -> None:
         """A simple random init (normal(0, 0.02) weights, zero biases, LayerNorm 1/0) for ``pretrained=False``."""
@@ -507,8 +543,8 @@ class AltRobertaModel(AltCLIPPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
-        output_attentions, output_hidden_states, return_dict = _flags(
-            self.config, output_attentions, output_hidden_states, return_dict
+        output_attentions, output_hidden_states, return_dict = self._flags(
+            output_attentions, output_hidden_states, return_dict
         )
         batch, seq = _check_text_inputs(input_ids, inputs_embeds, self.config)
         device = input_ids.device if input_ids is not None else inputs_embeds.device
@@ -550,6 +586,7 @@ class AltCLIPTextModel(AltCLIPPreTrainedModel):
     ``pooler_output`` its first token ``[B, project_dim]``."""
 
     config_class = AltCLIPTextConfig
+    tower = "text"
 
     def __init__(self, config: AltCLIPTextConfig) -> None:
         super().__init__(config)
@@ -574,8 +611,8 @@ class AltCLIPTextModel(AltCLIPPreTrainedModel):
         return_dict: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithPoolingAndProjection | tuple:
-        output_attentions, output_hidden_states, return_dict = _flags(
-            self.config, output_attentions, output_hidden_states, return_dict
+        output_attentions, output_hidden_states, return_dict = self._flags(
+            output_attentions, output_hidden_states, return_dict
         )
         outputs = self.roberta(
             input_ids=input_ids,
@@ -605,6 +642,7 @@ class AltCLIPVisionModel(AltCLIPPreTrainedModel):
 
     config_class = AltCLIPVisionConfig
     main_input_name = "pixel_values"
+    tower = "vision"
     # an AltCLIPModel checkpoint loaded as the vision tower: the text tower and projections are not used
     _drop_if_unexpected = (r"^text_model\.", r"^visual_projection\.", r"^text_projection\.", r"^logit_scale$")
 
@@ -704,8 +742,8 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
     ) -> CLIPOutput | tuple:
         if return_loss:
             raise NotImplementedError("fastvit is inference only: return_loss=True is not supported")
-        output_attentions, output_hidden_states, return_dict = _flags(
-            self.config, output_attentions, output_hidden_states, return_dict
+        output_attentions, output_hidden_states, return_dict = self._flags(
+            output_attentions, output_hidden_states, return_dict
         )
         text_outputs = self.text_model(
             input_ids=input_ids,
@@ -743,36 +781,16 @@ class AltCLIPModel(AltCLIPPreTrainedModel):
 
 # ------------------------------------------------------------------------------------------------------ protocol
 
-MODEL_TYPES = ("altclip", "altclip_vision_model", "altclip_text_model")
-_CLASSES: dict[str, type[AltCLIPPreTrainedModel]] = {
+_TASKS: dict[str, type[AltCLIPPreTrainedModel]] = {
     "features": AltCLIPModel,
     "vision": AltCLIPVisionModel,
     "text": AltCLIPTextModel,
 }
-ARCHITECTURES = {cls.__name__: task for task, cls in _CLASSES.items()}
+# a saved tower's config names its tower's task; the other tasks are refused by config_from, naming the tower
+MODELS = {model_type: _TASKS for model_type in ("altclip", "altclip_vision_model", "altclip_text_model")}
+ARCHITECTURES = architectures(MODELS)
 DEFAULT_TASK = "features"
-
-
-def build(config: dict, task: str) -> AltCLIPPreTrainedModel:
-    """The AltCLIP model for ``task`` (``"features"`` = both towers, ``"vision"``, ``"text"``) from an HF config dict:
-    a full ``altclip`` config, or a saved tower's ``altclip_vision_model`` / ``altclip_text_model`` config."""
-    model_type = config.get("model_type", "altclip")
-    if task not in _CLASSES:
-        raise ValueError(f"task {task!r} is not available for altclip; choose one of {sorted(_CLASSES)}")
-    if model_type == "altclip":
-        full = AltCLIPConfig.from_dict(config)
-        sub = {"features": full, "vision": full.vision_config, "text": full.text_config}[task]
-        return _CLASSES[task](sub)
-    towers = {
-        "altclip_vision_model": ("vision", AltCLIPVisionConfig),
-        "altclip_text_model": ("text", AltCLIPTextConfig),
-    }
-    if model_type not in towers:
-        raise ValueError(f"altclip.build got model_type {model_type!r}; expected one of {MODEL_TYPES}")
-    tower, config_cls = towers[model_type]
-    if task != tower:
-        raise ValueError(f"a {model_type} config.json holds only the {tower} tower: use task={tower!r}, not {task!r}")
-    return _CLASSES[task](config_cls.from_dict(config))
+build = build_model
 
 
 __all__ = [
@@ -800,7 +818,7 @@ __all__ = [
     "AltCLIPTextModel",
     "AltCLIPVisionModel",
     "AltCLIPModel",
-    "MODEL_TYPES",
+    "MODELS",
     "ARCHITECTURES",
     "DEFAULT_TASK",
     "build",

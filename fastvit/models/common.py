@@ -1,4 +1,5 @@
-"""Pieces every eager family shares: HF-style config dataclasses, activations, stochastic depth, backbone stages.
+"""Pieces every eager family shares: HF-style config dataclasses, the model base class, activations, stochastic
+depth, backbone stages.
 
 Nothing here imports transformers or the kernels.
 """
@@ -6,13 +7,18 @@ Nothing here imports transformers or the kernels.
 from __future__ import annotations
 
 import math
+import os
+import types
+import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
 C = TypeVar("C", bound="HFConfig")
+M = TypeVar("M", bound="PreTrainedModel")
 
 
 @dataclass
@@ -40,7 +46,52 @@ class HFConfig:
         if isinstance(config.get("id2label"), dict):
             kwargs["id2label"] = {int(k): v for k, v in config["id2label"].items()}
             kwargs["num_labels"] = len(kwargs["id2label"])
+        check_field_types(cls, kwargs)
         return cls(**kwargs)
+
+
+class ConfigFieldError(ValueError):
+    """A config.json field whose value has the wrong type (names the field; the loader adds the file)."""
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Does a JSON value fit a config field's annotation (int, float, bool, str, list[X], dict, X | None, Any)?"""
+    origin = typing.get_origin(hint)
+    if hint is Any or isinstance(hint, TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or hint in (list, tuple):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        if not isinstance(value, (list, tuple)):
+            return False
+        return len(args) != 1 or all(_type_ok(v, args[0]) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True  # anything else: not checked here
+
+
+def check_field_types(cls: type, values: dict[str, Any]) -> None:
+    """Raise :class:`ConfigFieldError` naming the field for a value of the wrong type (``"hidden_size": "64"``),
+    before it reaches torch as an obscure error."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is not None and not _type_ok(value, hint):
+            shown = str(hint).replace("typing.", "") if typing.get_origin(hint) else getattr(hint, "__name__", hint)
+            raise ConfigFieldError(
+                f"config field {name!r} must be {shown}, got {type(value).__name__} {value!r} ({cls.__name__})"
+            )
 
 
 @dataclass
@@ -82,6 +133,77 @@ def align_out_features(
     if out_features != [stage_names[i] for i in out_indices]:
         raise ValueError(f"out_features {out_features} and out_indices {out_indices} name different stages")
     return out_features, out_indices
+
+
+def output_flags(
+    config: HFConfig, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
+) -> tuple[bool, bool, bool]:
+    """HF's None-means-config output flags: ``(output_attentions, output_hidden_states, return_dict)``."""
+    return (
+        bool(config.output_attentions if output_attentions is None else output_attentions),
+        bool(config.output_hidden_states if output_hidden_states is None else output_hidden_states),
+        bool(config.use_return_dict if return_dict is None else return_dict),
+    )
+
+
+class PreTrainedModel(nn.Module):
+    """Base of every eager model class (HF's ``PreTrainedModel`` names are thin subclasses setting its attributes).
+
+    Class attributes (as HF): ``config_class`` (the config dataclass), ``base_model_prefix`` (the attribute a head
+    model keeps its base model under; the loader's key-prefix rule), ``main_input_name``. The loader's allowances
+    for a checkpoint of another architecture (``fastvit.load``): ``_init_if_missing``, key regexes it may
+    default-initialize (with a warning) as HF does, and ``_drop_if_unexpected``, key regexes it may drop.
+
+    Hooks: :meth:`config_from` (an HF config dict -> this class's config object; override for sub-configs),
+    :meth:`build_from` (the model for a config dict; the task -> class choice and its check are
+    :func:`fastvit.models.model_class`), :meth:`init_weights` (random init for ``pretrained=False``) and
+    :meth:`_flags` (the resolved output flags of a call).
+    """
+
+    config_class: ClassVar[type[HFConfig]] = HFConfig
+    base_model_prefix: ClassVar[str] = ""
+    main_input_name: ClassVar[str] = "pixel_values"
+    _init_if_missing: ClassVar[tuple[str, ...]] = ()
+    _drop_if_unexpected: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: HFConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    @classmethod
+    def config_from(cls, config: dict[str, Any]) -> HFConfig:
+        """This class's config from an HF config.json dict (unknown keys ignored, missing keys HF's defaults)."""
+        return cls.config_class.from_dict(config)
+
+    @classmethod
+    def build_from(cls: type[M], config: dict[str, Any]) -> M:
+        """The model (parameters on the current default device, uninitialized values) for an HF config dict."""
+        return cls(cls.config_from(config))
+
+    def init_weights(self) -> None:
+        """HF's random init: normal(0, initializer_range) for Linear/Conv2d weights, zero biases, LayerNorm 1/0."""
+        self.apply(lambda m: init_hf_weights(m, self.config.initializer_range))
+
+    def _flags(
+        self,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple[bool, bool, bool]:
+        """:func:`output_flags` of this model's config."""
+        return output_flags(self.config, output_attentions, output_hidden_states, return_dict)
+
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> Path:
+        """Write an HF checkpoint directory (config.json, safetensors, preprocessor_config.json) that
+        ``fastvit.load`` and HF transformers read back: :func:`fastvit.saving.save_pretrained`."""
+        from ..saving import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
+
+
+def architectures(models: dict[str, dict[str, type[PreTrainedModel]]]) -> dict[str, str]:
+    """HF architecture class name -> task, from a family's ``MODELS`` table (model_type -> task -> class)."""
+    return {cls.__name__: task for by_task in models.values() for task, cls in by_task.items()}
 
 
 class QuickGELU(nn.Module):
@@ -168,6 +290,9 @@ def init_hf_weights(module: nn.Module, std: float) -> None:
 __all__ = [
     "HFConfig",
     "BackboneConfig",
+    "PreTrainedModel",
+    "output_flags",
+    "architectures",
     "align_out_features",
     "get_activation",
     "drop_path",

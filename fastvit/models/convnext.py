@@ -16,7 +16,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .common import BackboneConfig, DropPath, check_pixel_values, get_activation, init_hf_weights
+from . import build_model
+from .common import BackboneConfig, DropPath, PreTrainedModel, architectures, check_pixel_values, get_activation
+from .intermediates import IntermediatePlan, IntermediatesMixin
 from .outputs import BackboneOutput, BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 
 # ----------------------------------------------------------------------------------------------------------- configs
@@ -81,9 +83,10 @@ class ConvNextLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.data_format == "channels_last":
             return nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        # x: [B, C, H, W]; statistics in fp32 as HF
+        # x: [B, C, H, W]; statistics in (at least) fp32 as HF. float64 stays float64: HF's .float() rounds it to fp32
+        # in a sum whose order depends on the memory format, so no fused path could equal it beyond ~1e-7
         dtype = x.dtype
-        x = x.float()
+        x = x.to(torch.promote_types(dtype, torch.float32))
         u = x.mean(1, keepdim=True)
         s = (x - u).pow(2).mean(1, keepdim=True)
         x = ((x - u) / torch.sqrt(s + self.eps)).to(dtype)
@@ -263,30 +266,30 @@ class ConvNextV2Encoder(ConvNextEncoder):
 # ----------------------------------------------------------------------------------------------------------- models
 
 
-class ConvNextPreTrainedModel(nn.Module):
-    """Common base: ``config``, HF's ``base_model_prefix`` and weight init, and the loader's key rules.
+class ConvNextPreTrainedModel(IntermediatesMixin, PreTrainedModel):
+    """HF's class attributes for ConvNeXt (the rest, HF's init included: :class:`~.common.PreTrainedModel`), and
+    the stages for ``forward_intermediates``."""
 
-    ``_init_if_missing``: key regexes that ``fastvit.load`` may default-initialize (with a warning) when the checkpoint
-    is of another architecture, as HF does; ``_drop_if_unexpected``: keys of other architectures it may drop then.
-    """
+    config_class = ConvNextConfig
+    base_model_prefix = "convnext"
 
-    config_class: ClassVar[type] = ConvNextConfig
-    base_model_prefix: ClassVar[str] = "convnext"
-    main_input_name: ClassVar[str] = "pixel_values"
-    _init_if_missing: ClassVar[tuple[str, ...]] = ()
-    _drop_if_unexpected: ClassVar[tuple[str, ...]] = ()
+    def _intermediate_plan(self) -> IntermediatePlan:
+        """The stages of this model (or of a classifier's base model); ``norm``: a backbone's stage norms."""
+        tower = self if "encoder" in self._modules else getattr(self, self.base_model_prefix)
+        norms = tower._modules.get("hidden_states_norms")  # a backbone's, for its out_features
 
-    def __init__(self, config: ConvNextConfig) -> None:
-        super().__init__()
-        self.config = config
+        def norm(i: int, hidden: torch.Tensor) -> torch.Tensor:
+            stage = f"stage{i + 1}"
+            return norms[stage](hidden) if stage in norms else hidden
 
-    def init_weights(self) -> None:
-        """HF's random init: normal(0, initializer_range) for Linear/Conv2d weights, zero biases, LayerNorm 1/0."""
-        self.apply(lambda m: init_hf_weights(m, self.config.initializer_range))
-
-    def _flags(self, output_hidden_states: bool | None, return_dict: bool | None) -> tuple[bool, bool]:
-        hidden = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return bool(hidden), self.config.use_return_dict if return_dict is None else bool(return_dict)
+        return IntermediatePlan(
+            embed=lambda pixel_values: (tower.embeddings(pixel_values), None),
+            blocks=tower.encoder.stages,
+            run=lambda stage, hidden: stage(hidden),
+            final=lambda hidden: hidden,  # HF's last_hidden_state: the last stage's map
+            norm=norm if norms is not None else None,
+            tokens=False,
+        )
 
 
 class ConvNextModel(ConvNextPreTrainedModel):
@@ -307,7 +310,7 @@ class ConvNextModel(ConvNextPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
-        output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
+        _, output_hidden_states, return_dict = self._flags(None, output_hidden_states, return_dict)
         check_pixel_values(pixel_values, self.config.num_channels)
         enc = self.encoder(self.embeddings(pixel_values), output_hidden_states=output_hidden_states, return_dict=True)
         last = enc.last_hidden_state  # [B, C, h, w]
@@ -338,7 +341,7 @@ class ConvNextForImageClassification(ConvNextPreTrainedModel):
     ) -> ImageClassifierOutput | tuple:
         if labels is not None:
             raise NotImplementedError("fastvit is inference only: computing a loss from labels is not supported")
-        output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
+        _, output_hidden_states, return_dict = self._flags(None, output_hidden_states, return_dict)
         base = getattr(self, self.base_model_prefix)
         out = base(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(out.pooler_output)  # [B, num_labels]
@@ -353,9 +356,10 @@ class ConvNextBackbone(ConvNextPreTrainedModel):
     embeddings_cls: ClassVar[type[nn.Module]] = ConvNextEmbeddings
     encoder_cls: ClassVar[type[nn.Module]] = ConvNextEncoder
     norm_cls: ClassVar[type[nn.Module]] = ConvNextLayerNorm
-    # HF initializes these when loading a ConvNextModel/-ForImageClassification checkpoint as a backbone
+    # HF initializes these when loading a ConvNextModel/-ForImageClassification checkpoint as a backbone, or one
+    # saved with other out_features (whose stage norms it drops)
     _init_if_missing = (r"^hidden_states_norms\.",)
-    _drop_if_unexpected = (r"^layernorm\.",)
+    _drop_if_unexpected = (r"^layernorm\.", r"^hidden_states_norms\.")
 
     def __init__(self, config: ConvNextConfig) -> None:
         super().__init__(config)
@@ -381,11 +385,11 @@ class ConvNextBackbone(ConvNextPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> BackboneOutput | tuple:
-        output_hidden_states, return_dict = self._flags(output_hidden_states, return_dict)
+        _, output_hidden_states, return_dict = self._flags(None, output_hidden_states, return_dict)
         check_pixel_values(pixel_values, self.config.num_channels)
         hidden = self.encoder(self.embeddings(pixel_values), output_hidden_states=True).hidden_states
-        feature_maps = tuple(
-            self.hidden_states_norms[stage](h)
+        feature_maps = tuple(  # HF's layout (contiguous NCHW) also where the fused blocks keep channels_last
+            self.hidden_states_norms[stage](h).contiguous()
             for stage, h in zip(self.stage_names, hidden, strict=False)
             if stage in self.out_features
         )
@@ -417,8 +421,7 @@ class ConvNextV2Backbone(ConvNextBackbone):
 
 # --------------------------------------------------------------------------------------------------------- protocol
 
-MODEL_TYPES = ("convnext", "convnextv2")
-_CLASSES: dict[str, dict[str, type[ConvNextPreTrainedModel]]] = {
+MODELS: dict[str, dict[str, type[ConvNextPreTrainedModel]]] = {
     "convnext": {
         "features": ConvNextModel,
         "classification": ConvNextForImageClassification,
@@ -430,18 +433,6 @@ _CLASSES: dict[str, dict[str, type[ConvNextPreTrainedModel]]] = {
         "backbone": ConvNextV2Backbone,
     },
 }
-ARCHITECTURES = {cls.__name__: task for by_task in _CLASSES.values() for task, cls in by_task.items()}
+ARCHITECTURES = architectures(MODELS)
 DEFAULT_TASK = "features"
-
-
-def build(config: dict, task: str) -> ConvNextPreTrainedModel:
-    """The ConvNeXt (V1 or V2, by ``config["model_type"]``) model for ``task`` from an HF config dict."""
-    model_type = config.get("model_type", "convnext")
-    if model_type not in _CLASSES:
-        raise ValueError(f"convnext.build got model_type {model_type!r}; expected one of {MODEL_TYPES}")
-    if task not in _CLASSES[model_type]:
-        raise ValueError(
-            f"task {task!r} is not available for {model_type}; choose one of {sorted(_CLASSES[model_type])}"
-        )
-    cls = _CLASSES[model_type][task]
-    return cls(cls.config_class.from_dict(config))
+build = build_model

@@ -10,13 +10,16 @@ under HF's class names; the classifier reads ``[CLS, mean of patch tokens]`` as 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from .common import BackboneConfig, DropPath, check_pixel_values, init_hf_weights
+from . import build_model
+from .common import BackboneConfig, DropPath, PreTrainedModel, architectures, check_pixel_values, init_hf_weights
+from .intermediates import IntermediatePlan, IntermediatesMixin, first_output
 from .outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from .transformer import (
     MLP,
@@ -63,6 +66,11 @@ class Dinov2Config(BackboneConfig):
     def __post_init__(self) -> None:
         self._align_backbone(self.num_hidden_layers)
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens in the sequence: CLS (registers add theirs)."""
+        return 1
+
 
 def swiglu_hidden_features(hidden_size: int, mlp_ratio: float) -> int:
     """HF's SwiGLU width: 2/3 of ``hidden_size * mlp_ratio``, rounded up to a multiple of 8."""
@@ -81,14 +89,18 @@ class Dinov2PatchEmbeddings(PatchEmbeddings):
 class Dinov2Embeddings(nn.Module):
     """CLS token, mask token (``bool_masked_pos``), patch embeddings and (interpolated) position embeddings."""
 
+    patch_embeddings_cls: ClassVar[type[nn.Module]] = Dinov2PatchEmbeddings
+    interpolate_antialias: ClassVar[bool] = False
+
     def __init__(self, config: Dinov2Config) -> None:
         super().__init__()
         self.cls_token = nn.Parameter(torch.randn(1, 1, config.hidden_size))
         if config.use_mask_token:
             self.mask_token = nn.Parameter(torch.zeros(1, config.hidden_size))
-        self.patch_embeddings = Dinov2PatchEmbeddings(config)
+        self.patch_embeddings = self.patch_embeddings_cls(config)
         num_patches = self.patch_embeddings.num_patches
         self.position_embeddings = nn.Parameter(torch.randn(1, num_patches + 1, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.patch_size = config.patch_size
         self.use_mask_token = config.use_mask_token
         self.config = config
@@ -101,7 +113,10 @@ class Dinov2Embeddings(nn.Module):
         if not torch.jit.is_tracing() and num_patches == num_positions and height == width:
             return self.position_embeddings
         patch_h, patch_w = self.patch_embeddings.patch_size
-        return interpolate_pos_encoding(self.position_embeddings, (height // patch_h, width // patch_w), float32=True)
+        grid = (height // patch_h, width // patch_w)
+        return interpolate_pos_encoding(
+            self.position_embeddings, grid, float32=True, antialias=self.interpolate_antialias
+        )
 
     def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
         check_pixel_values(pixel_values, self.patch_embeddings.num_channels)
@@ -113,24 +128,37 @@ class Dinov2Embeddings(nn.Module):
             embeddings = torch.where(bool_masked_pos.unsqueeze(-1), mask_token, embeddings)
         cls_tokens = self.cls_token.expand(batch_size, -1, -1)
         embeddings = torch.cat((cls_tokens, embeddings), dim=1)  # [B, 1 + N, D]
-        return embeddings + self.interpolate_pos_encoding(embeddings, height, width)
+        embeddings = embeddings + self.interpolate_pos_encoding(embeddings, height, width)
+        return self.dropout(self.add_tokens(embeddings))
+
+    def add_tokens(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Tokens without a position embedding, inserted before the dropout: none (registers add theirs)."""
+        return embeddings
 
 
 class Dinov2SelfAttention(VisionSelfAttention):
     def __init__(self, config: Dinov2Config) -> None:
-        super().__init__(config.hidden_size, config.num_attention_heads, qkv_bias=config.qkv_bias)
+        super().__init__(
+            config.hidden_size,
+            config.num_attention_heads,
+            qkv_bias=config.qkv_bias,
+            dropout=config.attention_probs_dropout_prob,
+        )
 
 
 class Dinov2SelfOutput(DenseOutput):
-    """``dense`` only: the residual is added in ``Dinov2Layer`` (pre-norm)."""
+    """``dense`` (+ dropout) only: the residual is added in ``Dinov2Layer`` (pre-norm)."""
 
     def __init__(self, config: Dinov2Config) -> None:
-        super().__init__(config.hidden_size, config.hidden_size)
+        super().__init__(config.hidden_size, config.hidden_size, dropout=config.hidden_dropout_prob)
 
 
 class Dinov2Attention(VisionAttentionBlock):
+    self_attention_cls: ClassVar[type[nn.Module]] = Dinov2SelfAttention
+    output_cls: ClassVar[type[nn.Module]] = Dinov2SelfOutput
+
     def __init__(self, config: Dinov2Config) -> None:
-        super().__init__(Dinov2SelfAttention(config), Dinov2SelfOutput(config), self_name="attention")
+        super().__init__(self.self_attention_cls(config), self.output_cls(config), self_name="attention")
 
 
 class Dinov2LayerScale(LayerScale):
@@ -156,39 +184,40 @@ class Dinov2Layer(PreNormLayer):
     """``h += layer_scale1(attention(norm1(h))); h += layer_scale2(mlp(norm2(h)))``."""
 
     layer_scale_names = ("layer_scale1", "layer_scale2")
+    attention_cls: ClassVar[type[nn.Module]] = Dinov2Attention
+    layer_scale_cls: ClassVar[type[nn.Module]] = Dinov2LayerScale
+    drop_path_cls: ClassVar[type[nn.Module]] = Dinov2DropPath
+    mlp_cls: ClassVar[type[nn.Module]] = Dinov2MLP
+    swiglu_cls: ClassVar[type[nn.Module]] = Dinov2SwiGLUFFN
 
     def __init__(self, config: Dinov2Config) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attention = Dinov2Attention(config)
-        self.layer_scale1 = Dinov2LayerScale(config)
-        self.drop_path = Dinov2DropPath(config.drop_path_rate) if config.drop_path_rate > 0.0 else nn.Identity()
+        self.attention = self.attention_cls(config)
+        self.layer_scale1 = self.layer_scale_cls(config)
+        self.drop_path = self.drop_path_cls(config.drop_path_rate) if config.drop_path_rate > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = Dinov2SwiGLUFFN(config) if config.use_swiglu_ffn else Dinov2MLP(config)
-        self.layer_scale2 = Dinov2LayerScale(config)
+        self.mlp = self.swiglu_cls(config) if config.use_swiglu_ffn else self.mlp_cls(config)
+        self.layer_scale2 = self.layer_scale_cls(config)
 
 
 class Dinov2Encoder(ViTEncoder):
+    layer_cls: ClassVar[type[nn.Module]] = Dinov2Layer
+
     def __init__(self, config: Dinov2Config) -> None:
-        super().__init__([Dinov2Layer(config) for _ in range(config.num_hidden_layers)])
+        super().__init__([self.layer_cls(config) for _ in range(config.num_hidden_layers)])
         self.config = config
 
 
 # ----------------------------------------------------------------------------------------------------------- models
 
 
-class Dinov2PreTrainedModel(nn.Module):
-    """Common base: ``config``, HF's ``base_model_prefix``, weight init and the loader's key rules (see convnext)."""
+class Dinov2PreTrainedModel(IntermediatesMixin, PreTrainedModel):
+    """HF's class attributes for DINOv2 and its random init (the rest: :class:`~.common.PreTrainedModel`), its layers
+    for ``forward_intermediates`` and the DINOv2 repository's ``get_intermediate_layers``."""
 
-    config_class: ClassVar[type] = Dinov2Config
-    base_model_prefix: ClassVar[str] = "dinov2"
-    main_input_name: ClassVar[str] = "pixel_values"
-    _init_if_missing: ClassVar[tuple[str, ...]] = ()
-    _drop_if_unexpected: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, config: Dinov2Config) -> None:
-        super().__init__()
-        self.config = config
+    config_class = Dinov2Config
+    base_model_prefix = "dinov2"
 
     def init_weights(self) -> None:
         """Random init close to HF's (normal instead of truncated normal): Linear/Conv2d, LayerNorm, embeddings."""
@@ -203,22 +232,68 @@ class Dinov2PreTrainedModel(nn.Module):
             elif isinstance(m, LayerScale):
                 nn.init.constant_(m.lambda1, self.config.layerscale_value)
 
-    def _flags(self, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
-        c = self.config
-        return (
-            bool(c.output_attentions if output_attentions is None else output_attentions),
-            bool(c.output_hidden_states if output_hidden_states is None else output_hidden_states),
-            bool(c.use_return_dict if return_dict is None else return_dict),
+    def _intermediate_plan(self) -> IntermediatePlan:
+        """The layers of this model (or of a classifier's base model); ``norm`` and ``final``: the final layernorm."""
+        tower = self if "encoder" in self._modules else getattr(self, self.base_model_prefix)
+        patch_h, patch_w = tower.embeddings.patch_embeddings.patch_size
+
+        def embed(pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+            grid = (pixel_values.shape[-2] // patch_h, pixel_values.shape[-1] // patch_w)
+            return tower.embeddings(pixel_values), grid  # [B, prefix + N, D]
+
+        return IntermediatePlan(
+            embed=embed,
+            blocks=tower.encoder.layer,
+            run=first_output,
+            final=tower.layernorm,
+            norm=lambda i, hidden: tower.layernorm(hidden),
+            num_prefix_tokens=self.config.num_prefix_tokens,
         )
+
+    def get_intermediate_layers(
+        self,
+        x: torch.Tensor,
+        n: int | Sequence[int] = 1,
+        reshape: bool = False,
+        return_class_token: bool = False,
+        norm: bool = True,
+    ) -> tuple:
+        """The DINOv2 repository's API (``DinoVisionTransformer.get_intermediate_layers``), with early exit.
+
+        Args:
+            x: pixel values ``[B, C, H, W]``.
+            n: the last ``n`` layers, or layer indices (0-based; negative from the end).
+            reshape: patch tokens as ``[B, D, H/p, W/p]`` maps, else ``[B, N, D]``.
+            return_class_token: pair each output with its CLS token ``[B, D]``.
+            norm: apply the final layernorm first.
+
+        Returns:
+            A tuple, one entry per layer in layer order: patch tokens (CLS and registers dropped), or
+            ``(patch tokens, CLS token)``.
+        """
+        outputs = self.forward_intermediates(
+            x,
+            n,
+            norm=norm,
+            output_fmt="NCHW" if reshape else "NLC",
+            intermediates_only=True,
+            return_prefix_tokens=True,
+        )
+        if return_class_token:
+            return tuple((patches, prefix[:, 0]) for patches, prefix in outputs)
+        return tuple(patches for patches, _ in outputs)
 
 
 class Dinov2Model(Dinov2PreTrainedModel):
     """Features: ``last_hidden_state`` ``[B, 1 + N, D]`` (after the final layernorm), ``pooler_output`` its CLS."""
 
+    embeddings_cls: ClassVar[type[nn.Module]] = Dinov2Embeddings
+    encoder_cls: ClassVar[type[nn.Module]] = Dinov2Encoder
+
     def __init__(self, config: Dinov2Config) -> None:
         super().__init__(config)
-        self.embeddings = Dinov2Embeddings(config)
-        self.encoder = Dinov2Encoder(config)
+        self.embeddings = self.embeddings_cls(config)
+        self.encoder = self.encoder_cls(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def get_input_embeddings(self) -> Dinov2PatchEmbeddings:
@@ -261,14 +336,16 @@ class Dinov2Model(Dinov2PreTrainedModel):
 
 
 class Dinov2ForImageClassification(Dinov2PreTrainedModel):
-    """``Dinov2Model`` + a linear classifier on ``[CLS, mean of patch tokens]`` (``2 * hidden_size`` features)."""
+    """``Dinov2Model`` + a linear classifier on ``[CLS, mean of patch tokens]`` (``2 * hidden_size`` features).
+    A base (``Dinov2Model``) checkpoint has no classifier: loading one with ``task="classification"`` is an error
+    naming the missing keys, as for every family (README), not a silently random head."""
 
-    _init_if_missing = (r"^classifier\.",)
+    model_cls: ClassVar[type[nn.Module]] = Dinov2Model
 
     def __init__(self, config: Dinov2Config) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.dinov2 = Dinov2Model(config)
+        setattr(self, self.base_model_prefix, self.model_cls(config))
         self.classifier = (
             nn.Linear(config.hidden_size * 2, config.num_labels) if config.num_labels > 0 else nn.Identity()
         )
@@ -287,15 +364,16 @@ class Dinov2ForImageClassification(Dinov2PreTrainedModel):
         output_attentions, output_hidden_states, return_dict = self._flags(
             output_attentions, output_hidden_states, return_dict
         )
-        outputs = self.dinov2(
+        outputs = getattr(self, self.base_model_prefix)(
             pixel_values,
             head_mask=head_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        sequence_output = outputs.last_hidden_state  # [B, 1 + N, D]
-        linear_input = torch.cat([sequence_output[:, 0], sequence_output[:, 1:].mean(dim=1)], dim=1)  # [B, 2D]
+        sequence_output = outputs.last_hidden_state  # [B, prefix + N, D]
+        patch_tokens = sequence_output[:, self.config.num_prefix_tokens :]  # [B, N, D]
+        linear_input = torch.cat([sequence_output[:, 0], patch_tokens.mean(dim=1)], dim=1)  # [B, 2D]
         logits = self.classifier(linear_input)
         if not return_dict:
             return (logits,) + tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
@@ -306,12 +384,15 @@ class Dinov2Backbone(Dinov2PreTrainedModel):
     """Feature maps of the ``out_features`` stages (``stem`` = embeddings, ``stageK`` = output of layer K), each
     layer-normed (``apply_layernorm``) and reshaped to ``[B, D, H/p, W/p]`` (``reshape_hidden_states``) as HF."""
 
+    embeddings_cls: ClassVar[type[nn.Module]] = Dinov2Embeddings
+    encoder_cls: ClassVar[type[nn.Module]] = Dinov2Encoder
+
     def __init__(self, config: Dinov2Config) -> None:
         super().__init__(config)
         self.stage_names = config.stage_names
         self.num_features = [config.hidden_size for _ in range(config.num_hidden_layers + 1)]
-        self.embeddings = Dinov2Embeddings(config)
-        self.encoder = Dinov2Encoder(config)
+        self.embeddings = self.embeddings_cls(config)
+        self.encoder = self.encoder_cls(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     @property
@@ -352,8 +433,10 @@ class Dinov2Backbone(Dinov2PreTrainedModel):
             if self.config.apply_layernorm:
                 hidden_state = self.layernorm(hidden_state)
             if self.config.reshape_hidden_states:
-                # [B, 1 + N, D] -> [B, D, H/p, W/p], dropping CLS (HF's order: rows from height, cols from width)
-                hidden_state = hidden_state[:, 1:].reshape(batch_size, height // patch_size, width // patch_size, -1)
+                # [B, prefix + N, D] -> [B, D, H/p, W/p], dropping CLS (and registers); rows from height as HF
+                grid = (height // patch_size, width // patch_size)
+                patches = hidden_state[:, self.config.num_prefix_tokens :]
+                hidden_state = patches.reshape(batch_size, *grid, patches.shape[-1])  # no -1: batch may be 0
                 hidden_state = hidden_state.permute(0, 3, 1, 2).contiguous()
             feature_maps += (hidden_state,)
         hidden_states = outputs.hidden_states if output_hidden_states else None
@@ -365,18 +448,9 @@ class Dinov2Backbone(Dinov2PreTrainedModel):
 
 # --------------------------------------------------------------------------------------------------------- protocol
 
-MODEL_TYPES = ("dinov2",)
-_CLASSES: dict[str, type[Dinov2PreTrainedModel]] = {
-    "features": Dinov2Model,
-    "classification": Dinov2ForImageClassification,
-    "backbone": Dinov2Backbone,
+MODELS: dict[str, dict[str, type[Dinov2PreTrainedModel]]] = {
+    "dinov2": {"features": Dinov2Model, "classification": Dinov2ForImageClassification, "backbone": Dinov2Backbone},
 }
-ARCHITECTURES = {cls.__name__: task for task, cls in _CLASSES.items()}
+ARCHITECTURES = architectures(MODELS)
 DEFAULT_TASK = "features"
-
-
-def build(config: dict, task: str) -> Dinov2PreTrainedModel:
-    """The DINOv2 model for ``task`` (``features``, ``classification``, ``backbone``) from an HF config dict."""
-    if task not in _CLASSES:
-        raise ValueError(f"task {task!r} is not available for dinov2; choose one of {sorted(_CLASSES)}")
-    return _CLASSES[task](Dinov2Config.from_dict(config))
+build = build_model

@@ -12,7 +12,8 @@ Conventions
   ``output_attentions=True`` returns the probabilities ``[B, heads, S_q, S_k]``.
 * :func:`multi_head_attention` is the one attention core: SDPA when neither probabilities nor a head mask are asked
   for, the explicit softmax path otherwise. Every attention module derives from :class:`MultiHeadAttention` and calls
-  it through ``self.attend(...)``: that method is what the patcher overrides to run the fused kernel.
+  it through ``self.attend(...)``. The patcher does not touch these modules: it shadows a whole layer's ``forward``
+  (``fastvit.fused.transformer.FusedTransformerLayer``), which reads the layer's weights by attribute name.
 * Forward signatures follow HF per flavour, and parents call children the way HF's parents do (the HF positional
   prefix, then keywords), so a fused module written against HF's signature drops in for ours as well.
 
@@ -67,8 +68,10 @@ Also here: :func:`get_activation` (HF ``ACT2FN`` names, from ``common``), :class
 position-embedding resize: DINOv2 passes ``float32=True``; CLIP/ViT keep the parameter dtype; ViT-Hybrid should pass
 the grid of the backbone's feature map, ``(feat_h // p, feat_w // p)``), :func:`get_head_mask` (per-layer
 ``[1, heads, 1, 1]``), :func:`extended_attention_mask` (``[B, S]`` 0/1 -> additive ``[B, 1, 1, S]``).
-Dropout modules are left out (inference only; no state). Each recipe above was checked against the HF 4.50 layer
-(identical state-dict keys; outputs and probabilities within 5e-7 in fp32, with padding and head masks).
+Dropout as HF (``hidden_dropout_prob`` after the output denses and the embeddings, attention dropout on the
+probabilities), in training mode only, drawing the same random numbers in the same order as HF. Each recipe above
+was checked against the HF 4.50 layer (identical state-dict keys; outputs and probabilities within 5e-7 in fp32,
+with padding and head masks).
 """
 
 from __future__ import annotations
@@ -97,8 +100,9 @@ def multi_head_attention(
     attention_mask: torch.Tensor | None = None,
     head_mask: torch.Tensor | None = None,
     output_attentions: bool = False,
+    dropout_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``softmax(Q K^T * scale + attention_mask) V`` over ``num_heads`` heads, with HF's head mask.
+    """``softmax(Q K^T * scale + attention_mask) V`` over ``num_heads`` heads, with HF's head mask and dropout.
 
     Args:
         query: ``[B, S_q, H*D]``; key, value: ``[B, S_k, H*D]`` (heads are split and merged here).
@@ -107,6 +111,8 @@ def multi_head_attention(
         attention_mask: additive, broadcastable to ``[B, H, S_q, S_k]``.
         head_mask: multiplies the probabilities, broadcastable to ``[B, H, S_q, S_k]`` (HF: ``[1, H, 1, 1]``).
         output_attentions: also return the probabilities.
+        dropout_p: dropout on the probabilities (callers pass 0 in eval), before the head mask, as HF; SDPA's
+            dropout draws the same random mask as ``F.dropout`` on the probabilities, so the RNG stream is HF's.
 
     Returns:
         context ``[B, S_q, H*D]`` and the probabilities ``[B, H, S_q, S_k]`` (None unless ``output_attentions``).
@@ -115,16 +121,18 @@ def multi_head_attention(
     head_dim = width // num_heads
     scale = head_dim**-0.5 if scale is None else scale
     q = query.view(batch, q_len, num_heads, head_dim).transpose(1, 2)  # [B, H, S_q, D]
-    k = key.view(batch, -1, num_heads, head_dim).transpose(1, 2)  # [B, H, S_k, D]
-    v = value.view(batch, -1, num_heads, head_dim).transpose(1, 2)
+    k = key.view(batch, key.shape[1], num_heads, head_dim).transpose(1, 2)  # [B, H, S_k, D] (no -1: B may be 0)
+    v = value.view(batch, value.shape[1], num_heads, head_dim).transpose(1, 2)
     if head_mask is None and not output_attentions:
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=scale)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout_p, scale=scale)
         probs = None
     else:
         scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, H, S_q, S_k]
         if attention_mask is not None:
             scores = scores + attention_mask
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        if dropout_p:
+            probs = F.dropout(probs, dropout_p, training=True)
         if head_mask is not None:
             probs = probs * head_mask
         context = torch.matmul(probs, v)  # [B, H, S_q, D]
@@ -133,11 +141,12 @@ def multi_head_attention(
 
 
 class MultiHeadAttention(nn.Module):
-    """Base of every attention module: head bookkeeping (HF's attribute names) and :meth:`attend`, the single place
-    the patcher swaps for the fused kernel."""
+    """Base of every attention module: head bookkeeping (HF's attribute names) and :meth:`attend`, the one attention
+    call of the eager path. ``dropout: on the attention probabilities, in training mode only."""
 
-    def __init__(self, hidden_size: int, num_heads: int) -> None:
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout_prob = dropout
         if hidden_size % num_heads != 0:
             raise ValueError(f"The hidden size {hidden_size} is not a multiple of the number of heads {num_heads}.")
         self.num_attention_heads = num_heads
@@ -164,6 +173,7 @@ class MultiHeadAttention(nn.Module):
             attention_mask=attention_mask,
             head_mask=head_mask,
             output_attentions=output_attentions,
+            dropout_p=self.dropout_prob if self.training else 0.0,
         )
 
 
@@ -171,8 +181,8 @@ class SelfAttention(MultiHeadAttention):
     """``query``/``key``/``value`` projections + attention: HF's BERT/XLM-R ``*SelfAttention`` (signature order
     ``hidden_states, attention_mask, head_mask``; pass ``output_attentions`` by keyword)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool = True) -> None:
-        super().__init__(hidden_size, num_heads)
+    def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool = True, dropout: float = 0.0) -> None:
+        super().__init__(hidden_size, num_heads, dropout)
         self.query = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
         self.key = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
         self.value = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
@@ -213,8 +223,8 @@ class ProjSelfAttention(MultiHeadAttention):
     """``q_proj``/``k_proj``/``v_proj``/``out_proj`` attention: HF's ``CLIPAttention``. Returns ``(output, probs)``
     always, probs None unless ``output_attentions`` (as HF)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, bias: bool = True) -> None:
-        super().__init__(hidden_size, num_heads)
+    def __init__(self, hidden_size: int, num_heads: int, bias: bool = True, dropout: float = 0.0) -> None:
+        super().__init__(hidden_size, num_heads, dropout)
         self.embed_dim = hidden_size
         self.num_heads = num_heads
         self.head_dim = self.attention_head_size
@@ -243,22 +253,30 @@ class ProjSelfAttention(MultiHeadAttention):
 
 
 class DenseOutput(nn.Module):
-    """``dense`` (+ residual) (+ post-norm ``LayerNorm``): HF's ``*SelfOutput`` and ``*Output`` blocks.
+    """``dense`` -> ``dropout`` (+ residual) (+ post-norm ``LayerNorm``): HF's ``*SelfOutput`` and ``*Output`` blocks.
 
     ViT/DINOv2 self-output: no residual, no norm (the layer adds the residual); ViT ``Output``: ``residual=True``;
-    BERT/XLM-R: ``residual=True, layer_norm_eps=eps`` -> ``LayerNorm(dense(x) + input_tensor)``.
+    BERT/XLM-R: ``residual=True, layer_norm_eps=eps`` -> ``LayerNorm(dense(x) + input_tensor)``. ``dropout``: HF's
+    ``hidden_dropout_prob`` (training mode only).
     """
 
     def __init__(
-        self, in_features: int, out_features: int, *, residual: bool = False, layer_norm_eps: float | None = None
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        residual: bool = False,
+        layer_norm_eps: float | None = None,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.dense = nn.Linear(in_features, out_features)
+        self.dropout = nn.Dropout(dropout)
         self.residual = residual or layer_norm_eps is not None
         self.LayerNorm = nn.LayerNorm(out_features, eps=layer_norm_eps) if layer_norm_eps is not None else None
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.dense(hidden_states)
+        hidden_states = self.dropout(self.dense(hidden_states))
         if self.residual:
             hidden_states = hidden_states + input_tensor
         if self.LayerNorm is not None:
@@ -555,7 +573,7 @@ class PatchEmbeddings(nn.Module):
 
 
 def interpolate_pos_encoding(
-    position_embeddings: torch.Tensor, grid: tuple[int, int], *, float32: bool = False
+    position_embeddings: torch.Tensor, grid: tuple[int, int], *, float32: bool = False, antialias: bool = False
 ) -> torch.Tensor:
     """HF's bicubic resize of ViT position embeddings (``align_corners=False``, output ``size=grid``).
 
@@ -563,6 +581,7 @@ def interpolate_pos_encoding(
         position_embeddings: ``[1, 1 + n*n, D]``, CLS position first, then a square ``n x n`` grid.
         grid: target ``(rows, cols)`` of patches.
         float32: interpolate in fp32 and cast back (DINOv2 does; ViT/CLIP interpolate in the parameter dtype).
+        antialias: torch's antialiased bicubic (HF's DINOv2 with registers; a different kernel even when upsampling).
 
     Returns:
         ``[1, 1 + rows*cols, D]``.
@@ -575,7 +594,8 @@ def interpolate_pos_encoding(
     dtype = patch_pos.dtype
     if float32:
         patch_pos = patch_pos.to(torch.float32)
-    patch_pos = F.interpolate(patch_pos, size=tuple(grid), mode="bicubic", align_corners=False).to(dtype)
+    patch_pos = F.interpolate(patch_pos, size=tuple(grid), mode="bicubic", align_corners=False, antialias=antialias)
+    patch_pos = patch_pos.to(dtype)
     patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, -1, dim)  # [1, rows*cols, D]
     return torch.cat((class_pos, patch_pos), dim=1)
 

@@ -18,8 +18,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from . import build_model
 from .bit import BitBackbone, BitConfig
-from .common import HFConfig, check_pixel_values, init_hf_weights
+from .common import HFConfig, PreTrainedModel, architectures, check_pixel_values, init_hf_weights
+from .intermediates import IntermediatePlan, IntermediatesMixin, first_output
 from .outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from .transformer import (
     CLSPooler,
@@ -63,8 +65,8 @@ class ViTHybridConfig(HFConfig):
     attention_probs_dropout_prob: float = 0.0
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
-    image_size: int = 224
-    patch_size: int = 1
+    image_size: int | list[int] = 224  # HF takes an int or (height, width)
+    patch_size: int | list[int] = 1
     num_channels: int = 3
     backbone_featmap_shape: list[int] = field(default_factory=lambda: [1, 1024, 24, 24])
     qkv_bias: bool = True
@@ -136,6 +138,7 @@ class ViTHybridEmbeddings(nn.Module):
         self.patch_embeddings = ViTHybridPatchEmbeddings(config)
         num_patches = self.patch_embeddings.num_patches
         self.position_embeddings = nn.Parameter(torch.zeros(1, num_patches + 1, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.patch_size = config.patch_size
         self.config = config
 
@@ -151,6 +154,15 @@ class ViTHybridEmbeddings(nn.Module):
         bool_masked_pos: torch.BoolTensor | None = None,
         interpolate_pos_encoding: bool = False,
     ) -> torch.Tensor:
+        return self.embed(pixel_values, bool_masked_pos, interpolate_pos_encoding)[0]
+
+    def embed(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The embeddings ``[B, 1 + N, D]`` and the grid ``(rows, cols)`` of their patch tokens."""
         batch_size = pixel_values.shape[0]
         embeddings, grid = self.patch_embeddings.embed(pixel_values, interpolate_pos_encoding)  # [B, N, D]
         if bool_masked_pos is not None:
@@ -160,8 +172,8 @@ class ViTHybridEmbeddings(nn.Module):
             embeddings = embeddings * (1.0 - mask) + self.mask_token.expand_as(embeddings) * mask
         embeddings = torch.cat((self.cls_token.expand(batch_size, -1, -1), embeddings), dim=1)  # [B, 1 + N, D]
         if interpolate_pos_encoding:
-            return embeddings + self.interpolate_pos_encoding(embeddings, grid)
-        return embeddings + self.position_embeddings
+            return self.dropout(embeddings + self.interpolate_pos_encoding(embeddings, grid)), grid
+        return self.dropout(embeddings + self.position_embeddings), grid
 
 
 # --------------------------------------------------------------------------------------------------------- encoder
@@ -169,12 +181,17 @@ class ViTHybridEmbeddings(nn.Module):
 
 class ViTHybridSelfAttention(VisionSelfAttention):
     def __init__(self, config: ViTHybridConfig) -> None:
-        super().__init__(config.hidden_size, config.num_attention_heads, qkv_bias=config.qkv_bias)
+        super().__init__(
+            config.hidden_size,
+            config.num_attention_heads,
+            qkv_bias=config.qkv_bias,
+            dropout=config.attention_probs_dropout_prob,
+        )
 
 
 class ViTHybridSelfOutput(DenseOutput):
     def __init__(self, config: ViTHybridConfig) -> None:
-        super().__init__(config.hidden_size, config.hidden_size)
+        super().__init__(config.hidden_size, config.hidden_size, dropout=config.hidden_dropout_prob)
 
 
 class ViTHybridAttention(VisionAttentionBlock):
@@ -189,7 +206,9 @@ class ViTHybridIntermediate(Intermediate):
 
 class ViTHybridOutput(DenseOutput):
     def __init__(self, config: ViTHybridConfig) -> None:
-        super().__init__(config.intermediate_size, config.hidden_size, residual=True)
+        super().__init__(
+            config.intermediate_size, config.hidden_size, residual=True, dropout=config.hidden_dropout_prob
+        )
 
 
 class ViTHybridLayer(PreNormLayer):
@@ -222,18 +241,30 @@ class ViTHybridPooler(CLSPooler):
 # ---------------------------------------------------------------------------------------------------------- models
 
 
-class ViTHybridPreTrainedModel(nn.Module):
-    """Common base: ``config``, HF's ``base_model_prefix`` and random init, output flags."""
+class ViTHybridPreTrainedModel(IntermediatesMixin, PreTrainedModel):
+    """HF's class attributes for ViT-Hybrid and its random init (the rest: :class:`~.common.PreTrainedModel`), and
+    its ViT layers for ``forward_intermediates``."""
 
-    config_class: ClassVar[type] = ViTHybridConfig
-    base_model_prefix: ClassVar[str] = "vit"
-    main_input_name: ClassVar[str] = "pixel_values"
-    _init_if_missing: ClassVar[tuple[str, ...]] = ()
-    _drop_if_unexpected: ClassVar[tuple[str, ...]] = ()
+    config_class = ViTHybridConfig
+    base_model_prefix = "vit"
 
-    def __init__(self, config: ViTHybridConfig) -> None:
-        super().__init__()
-        self.config = config
+    def _intermediate_plan(self, interpolate_pos_encoding: bool = False) -> IntermediatePlan:
+        """The ViT layers after the BiT stem (``interpolate_pos_encoding`` as in ``forward``)."""
+        tower = self if "encoder" in self._modules else getattr(self, self.base_model_prefix)
+        dtype = tower.embeddings.patch_embeddings.projection.weight.dtype
+
+        def embed(pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+            check_pixel_values(pixel_values, self.config.num_channels)
+            return tower.embeddings.embed(pixel_values.to(dtype), interpolate_pos_encoding=interpolate_pos_encoding)
+
+        return IntermediatePlan(
+            embed=embed,
+            blocks=tower.encoder.layer,
+            run=first_output,
+            final=tower.layernorm,
+            norm=lambda i, hidden: tower.layernorm(hidden),
+            num_prefix_tokens=1,
+        )
 
     def init_weights(self) -> None:
         """Random init in HF's spirit: normal(0, initializer_range) weights, zero biases, LayerNorm/GroupNorm 1/0."""
@@ -246,14 +277,6 @@ class ViTHybridPreTrainedModel(nn.Module):
             elif isinstance(module, ViTHybridEmbeddings):
                 nn.init.trunc_normal_(module.position_embeddings, std=std)
                 nn.init.trunc_normal_(module.cls_token, std=std)
-
-    def _flags(self, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
-        c = self.config
-        return (
-            bool(c.output_attentions if output_attentions is None else output_attentions),
-            bool(c.output_hidden_states if output_hidden_states is None else output_hidden_states),
-            bool(c.use_return_dict if return_dict is None else return_dict),
-        )
 
 
 class ViTHybridModel(ViTHybridPreTrainedModel):
@@ -350,20 +373,12 @@ class ViTHybridForImageClassification(ViTHybridPreTrainedModel):
 
 # ------------------------------------------------------------------------------------------------------ protocol
 
-MODEL_TYPES = ("vit-hybrid",)
-_CLASSES: dict[str, type[ViTHybridPreTrainedModel]] = {
-    "features": ViTHybridModel,
-    "classification": ViTHybridForImageClassification,
+MODELS: dict[str, dict[str, type[ViTHybridPreTrainedModel]]] = {
+    "vit-hybrid": {"features": ViTHybridModel, "classification": ViTHybridForImageClassification},
 }
-ARCHITECTURES = {cls.__name__: task for task, cls in _CLASSES.items()}
+ARCHITECTURES = architectures(MODELS)
 DEFAULT_TASK = "features"
-
-
-def build(config: dict, task: str) -> ViTHybridPreTrainedModel:
-    """The ViT-Hybrid model for ``task`` (``"features"`` or ``"classification"``) from an HF config dict."""
-    if task not in _CLASSES:
-        raise ValueError(f"task {task!r} is not available for vit-hybrid; choose one of {sorted(_CLASSES)}")
-    return _CLASSES[task](ViTHybridConfig.from_dict(config))
+build = build_model
 
 
 __all__ = [
@@ -381,7 +396,7 @@ __all__ = [
     "ViTHybridPreTrainedModel",
     "ViTHybridModel",
     "ViTHybridForImageClassification",
-    "MODEL_TYPES",
+    "MODELS",
     "ARCHITECTURES",
     "DEFAULT_TASK",
     "build",

@@ -82,3 +82,30 @@ def strided(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     view = buf[(slice(None),) * dim + (slice(None, None, 2),)]
     view.copy_(x)
     return view
+
+
+def f64(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The tensors in float64 (None stays None), for an fp64 reference from the same rounded inputs."""
+    return tuple(None if t is None else t.double() for t in tensors)
+
+
+def norm_inputs(
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    channel_dim: int = -1,
+    *,
+    affine: bool = True,
+    weight_mean: float = 1.0,
+    param_shape: tuple[int, ...] | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """x, weight, bias for a normalization kernel, in ``dtype``: x ~ 2 N(0, 1) + 0.5 (activations with a mean
+    to remove), weight ~ weight_mean + 0.5 N(0, 1), bias ~ 0.5 N(0, 1), both of ``param_shape`` (default
+    ``[C]``, C = ``shape[channel_dim]``); weight and bias None unless ``affine``."""
+    x = (torch.randn(shape) * 2 + 0.5).to(dtype).contiguous(memory_format=memory_format)
+    if not affine:
+        return x, None, None
+    pshape = param_shape or (shape[channel_dim],)
+    weight = (weight_mean + 0.5 * torch.randn(pshape)).to(dtype)
+    bias = (0.5 * torch.randn(pshape)).to(dtype)
+    return x, weight, bias

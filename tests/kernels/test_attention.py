@@ -338,3 +338,15 @@ def test_gpu_int64_offsets():
     q, k, v = fused_qkv(B, S, H, D, torch.float16, device="cuda")
     out = attention(q, k, v)
     check(out[-2:], q[-2:], k[-2:], v[-2:])
+
+
+def test_autotune_configs_pruned_for_the_tails():
+    """S = 257 keeps BLOCK_M = 64 only (128 would compute 384 query rows for 257); S = 1370 keeps both (1408 rows
+    each); never more than four configs; the key tail block fits in a full one."""
+    prune, configs = attn_mod._prune_configs, attn_mod._GPU_CONFIGS
+    assert len(configs) <= 4
+    assert all(c.kwargs["TAIL_N"] <= c.kwargs["BLOCK_N"] for c in configs)
+    assert {c.kwargs["BLOCK_M"] for c in prune(configs, {"N_Q": 257, "N_K": 257}, BLOCK_D=64)} == {64}
+    assert {c.kwargs["BLOCK_M"] for c in prune(configs, {"N_Q": 1370, "N_K": 1370}, BLOCK_D=64)} == {64, 128}
+    short = prune(configs, {"N_Q": 50, "N_K": 50}, BLOCK_D=128)
+    assert short and all(c.kwargs["BLOCK_N"] == 64 for c in short)

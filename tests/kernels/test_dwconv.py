@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from fastvit_kernels import dwconv as dw
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_testing import f64
 
 # (dtype, atol, rtol) against a float64 reference computed from the same (already rounded) inputs.
 #  fp32: the kernel sums <= 49 fp32 products in another order than the reference: ~k*k * 2^-24 * sum|terms|,
@@ -44,18 +45,14 @@ def make_inputs(N, C, H, W, k, dtype=torch.float32, memory_format=torch.contiguo
     return x, weight, bias, ln_weight, ln_bias
 
 
-def _f64(t):
-    return None if t is None else t.double()
-
-
 def conv64(x, weight, bias):
     k = weight.shape[-1]
-    return F.conv2d(x.double(), weight.double(), _f64(bias), padding=k // 2, groups=x.shape[1])
+    return F.conv2d(*f64(x, weight, bias), padding=k // 2, groups=x.shape[1])
 
 
 def conv_ln64(x, weight, bias, ln_weight, ln_bias):
     y = conv64(x, weight, bias).permute(0, 2, 3, 1)
-    return F.layer_norm(y, (x.shape[1],), _f64(ln_weight), _f64(ln_bias), EPS)
+    return F.layer_norm(y, (x.shape[1],), *f64(ln_weight, ln_bias), EPS)
 
 
 def assert_close(actual, expected, atol, rtol, what=""):
@@ -69,6 +66,30 @@ def assert_close(actual, expected, atol, rtol, what=""):
 def check_format(y, x):
     if x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1:  # otherwise both formats describe the same strides
         assert y.is_contiguous(memory_format=dw._out_format(x)), (y.shape, y.stride(), x.stride())
+
+
+@pytest.mark.parametrize("C", [40, 80, 96, 128, 160, 192, 320, 352, 384, 768, 1024, 1536, 2816, 7])
+@pytest.mark.parametrize("W", [56, 28, 14, 7, 3])
+def test_ln_blocks_are_powers_of_two_covering_c(C, W):
+    block_w, block_c, block_c2, num_warps = dw._ln_blocks(C, W)
+    for b in (block_w, block_c, block_c2 or 1, num_warps):
+        assert b & (b - 1) == 0, (block_w, block_c, block_c2, num_warps)
+    assert block_c <= C <= block_c + block_c2 or (block_c2 == 0 and block_c == C)
+
+
+# (C, W) of ConvNeXt / ConvNeXt V2 stages: 3 * 2^k, 5 * 2^k and 2^k channels at 56 / 28 / 14 / 7
+STAGES_CW = [(96, 56), (192, 28), (384, 14), (768, 7), (128, 56), (256, 28), (512, 14), (1024, 7),
+             (160, 56), (320, 28), (640, 14), (1280, 7), (192, 56), (384, 28), (768, 14), (1536, 7)]  # fmt: skip
+
+
+@pytest.mark.parametrize("C, W", STAGES_CW, ids=str)
+def test_ln_blocks_mask_no_lane_at_stage_shapes(C, W):
+    """No masked channel (96 = 64 + 32 instead of 128) and no masked column (56 = 7 tiles of 8) at the real
+    shapes, with at least 8 channels per thread in each block (16-byte accesses)."""
+    block_w, block_c, block_c2, num_warps = dw._ln_blocks(C, W)
+    # W = 7 below 1024 channels: two pixels per program (one masked column in 8) rather than a spill on Triton 3.6
+    assert block_c + block_c2 == C and (W % block_w == 0 or (W, block_w) == (7, 2)), (block_w, block_c, block_c2)
+    assert block_w * (block_c2 or block_c) >= 8 * 32 * num_warps
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_testing import DTYPE_TOLS, assert_same_nonfinite, check_vs_fp64, max_err
+from kernel_testing import DTYPE_TOLS, assert_same_nonfinite, check_vs_fp64, f64, max_err, norm_inputs
 
 grn_mod = importlib.import_module("fastvit_kernels.grn")
 
@@ -38,16 +38,12 @@ def hf_grn(x, gamma, beta, eps=1e-6):
 
 
 def _inputs(shape, dtype, param_shape="hf"):
-    C = shape[-1]
-    pshape = (1, 1, 1, C) if param_shape == "hf" else (C,)
-    x = (torch.randn(shape) * 2 + 0.5).to(dtype)
-    gamma = (0.5 * torch.randn(pshape)).to(dtype)
-    beta = (0.5 * torch.randn(pshape)).to(dtype)
-    return x, gamma, beta
+    pshape = (1, 1, 1, shape[-1]) if param_shape == "hf" else None  # HF's [1, 1, 1, C], or [C]
+    return norm_inputs(shape, dtype, weight_mean=0.0, param_shape=pshape)  # gamma ~ 0.5 N(0, 1)
 
 
 def _ref64(x, gamma, beta, eps=1e-6):
-    return K.grn_ref(x.double(), gamma.double(), beta.double(), eps)
+    return K.grn_ref(*f64(x, gamma, beta), eps)
 
 
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPE_TOLS)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_testing import DTYPE_TOLS, assert_same_nonfinite, check_vs_fp64, max_err, strided
+from kernel_testing import DTYPE_TOLS, assert_same_nonfinite, check_vs_fp64, f64, max_err, norm_inputs, strided
 
 ln_mod = importlib.import_module("fastvit_kernels.layer_norm")
 
@@ -29,15 +29,11 @@ SHAPES = [
 
 
 def _inputs(shape, dtype, affine=True):
-    C = shape[-1]
-    x = (torch.randn(shape) * 2 + 0.5).to(dtype)
-    w = (1 + 0.5 * torch.randn(C)).to(dtype) if affine else None
-    b = (0.5 * torch.randn(C)).to(dtype) if affine else None
-    return x, w, b
+    return norm_inputs(shape, dtype, affine=affine)
 
 
 def _ref64(x, w, b, eps):
-    return K.layer_norm_ref(x.double(), None if w is None else w.double(), None if b is None else b.double(), eps)
+    return K.layer_norm_ref(*f64(x, w, b), eps)
 
 
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPE_TOLS)

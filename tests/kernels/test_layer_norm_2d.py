@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_testing import DTYPE_TOLS, assert_same_nonfinite, check_vs_fp64, max_err
+from kernel_testing import DTYPE_TOLS, assert_same_nonfinite, check_vs_fp64, f64, max_err, norm_inputs
 
 ln2d_mod = importlib.import_module("fastvit_kernels.layer_norm_2d")
 
@@ -41,15 +41,11 @@ def hf_channels_first(x, w, b, eps):
 
 
 def _inputs(shape, dtype, memory_format=torch.contiguous_format):
-    C = shape[1]
-    x = (torch.randn(shape) * 2 + 0.5).to(dtype).contiguous(memory_format=memory_format)
-    w = (1 + 0.5 * torch.randn(C)).to(dtype)
-    b = (0.5 * torch.randn(C)).to(dtype)
-    return x, w, b
+    return norm_inputs(shape, dtype, 1, memory_format=memory_format)
 
 
 def _ref64(x, w, b, eps=1e-6):
-    return K.layer_norm_2d_ref(x.double(), None if w is None else w.double(), None if b is None else b.double(), eps)
+    return K.layer_norm_2d_ref(*f64(x, w, b), eps)
 
 
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPE_TOLS)
@@ -117,6 +113,17 @@ def test_nonfinite_propagates_like_reference(memory_format):
     x[1, 0, 2, 2] = -float("inf")
     x = x.contiguous(memory_format=memory_format)
     assert_same_nonfinite(K.layer_norm_2d(x, w, b), hf_channels_first(x, w, b, 1e-6), "ln2d nonfinite")
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
+def test_channels_last_out(memory_format, backend):
+    """``channels_last_out``: the ConvNeXt stem norm writes channels_last from an NCHW conv output (issue 14)."""
+    x, w, b = _inputs((2, 7, 5, 3), torch.float32, memory_format)
+    with K.backend(backend):
+        ours = K.layer_norm_2d(x, w, b, 1e-6, channels_last_out=True)
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    check_vs_fp64(ours, _ref64(x, w, b), None, torch.float32, 1e-5, 1e-5, "ln2d channels_last_out")
 
 
 def test_torch_backend_matches_triton():
