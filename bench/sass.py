@@ -52,8 +52,9 @@ def _cache_dir() -> str:
     in the file, so a cached cubin's line info (which this report reads) goes stale when lines above it move."""
     import hashlib
 
-    h = hashlib.sha256()
-    for f in sorted((Path(__file__).resolve().parent.parent / "kernels").glob("*.py")):
+    kernels = Path(__file__).resolve().parent.parent / "kernels"
+    h = hashlib.sha256(str(kernels).encode())  # line info names the file: a checkout elsewhere compiles afresh
+    for f in sorted(kernels.glob("*.py")):
         h.update(f.name.encode() + f.read_bytes())
     return str(Path.home() / ".cache" / "fastvit-sass" / h.hexdigest()[:16])
 

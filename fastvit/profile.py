@@ -763,13 +763,30 @@ def profile_model(
 ) -> Profile:
     """:class:`Profile` of a registry name or checkpoint directory at the given input, eager and fused (built on
     the meta device: runs anywhere in seconds). ``fastvit profile`` without ``--measure``."""
-    config, task, display = _config_and_task(name_or_path, task)
-    spec = gpu if isinstance(gpu, GPU) else gpu_spec(gpu)
-    runs = {}
-    for fused in (False, True):
+
+    def run(fused: bool, task: str) -> Run:
         model = build_meta(name_or_path, task=task, dtype=dtype, fused=fused)
         inputs = example_inputs(model, task=task, batch=batch, image_size=image_size, seq_len=seq_len, dtype=dtype)
-        runs[fused] = trace(model, **inputs)
+        return trace(model, **inputs)
+
+    return _profile(name_or_path, task, gpu, run, batch=batch, image_size=image_size, seq_len=seq_len, dtype=dtype)
+
+
+def _profile(
+    name_or_path: str,
+    task: str | None,
+    gpu: str | GPU | None,
+    run: Callable[[bool, str], Run],
+    *,
+    batch: int,
+    image_size: int,
+    seq_len: int,
+    dtype: torch.dtype,
+) -> Profile:
+    """The :class:`Profile` of ``run(fused, task)``, eager then fused (``task`` resolved from the config)."""
+    _, task, display = _config_and_task(name_or_path, task)
+    spec = gpu if isinstance(gpu, GPU) else gpu_spec(gpu)
+    runs = {fused: run(fused, task) for fused in (False, True)}
     shape = {"seq_len": seq_len} if task == "text" else {"image_size": image_size}
     return Profile(
         display, batch, str(dtype).replace("torch.", ""), spec, runs[False], runs[True], {"task": task, **shape}
@@ -864,22 +881,16 @@ def measure_model(
         )
     from .loading import load
 
-    config, task, display = _config_and_task(name_or_path, task)
-    spec = gpu if isinstance(gpu, GPU) else gpu_spec(gpu)
-    runs = {}
-    for fused in (False, True):
+    def run(fused: bool, task: str) -> Run:
         model = load(name_or_path, pretrained=False, fused=fused, task=task, device=device, dtype=dtype)
         inputs = example_inputs(
             model, task=task, batch=batch, image_size=image_size, seq_len=seq_len, dtype=dtype, device=device
         )
         if "pixel_values" in inputs:
             inputs["pixel_values"] = torch.randn_like(inputs["pixel_values"])
-        runs[fused] = measure(model, iters=iters, **inputs)
-        del model
-    shape = {"seq_len": seq_len} if task == "text" else {"image_size": image_size}
-    return Profile(
-        display, batch, str(dtype).replace("torch.", ""), spec, runs[False], runs[True], {"task": task, **shape}
-    )
+        return measure(model, iters=iters, **inputs)  # the model is freed on return, before the next is loaded
+
+    return _profile(name_or_path, task, gpu, run, batch=batch, image_size=image_size, seq_len=seq_len, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------------- reporting

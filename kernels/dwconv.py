@@ -212,6 +212,18 @@ def _dwconv2d_kernel(
 
 
 @triton.jit
+def _norm_store(xc, rstd, c, LW, LB, Y, y_row, ow, W, C, HAS_LW: tl.constexpr, HAS_LB: tl.constexpr):
+    """One channel block of the LayerNorm: ``xc * rstd`` (centred values [BW, BC], rstd [BW]), times LW[c], plus
+    LB[c], stored at ``y_row + c``."""
+    y = xc * rstd[:, None]
+    if HAS_LW:
+        y = y * tl.load(LW + c, mask=c < C, other=0.0).to(tl.float32)
+    if HAS_LB:
+        y = y + tl.load(LB + c, mask=c < C, other=0.0).to(tl.float32)
+    tl.store(y_row + c, y.to(Y.dtype.element_ty), mask=(ow < W) & (c < C))
+
+
+@triton.jit
 def _dwconv2d_layer_norm_kernel(
     X,  # [N, C, H, W] input, any strides
     Wt,  # [K, K, C] weight
@@ -265,19 +277,9 @@ def _dwconv2d_layer_norm_kernel(
     rstd = tl.where(mean * mean < float("inf"), rstd, float("nan"))  # NaN where F.layer_norm's is (see layer_norm)
     ow = w0 + tl.arange(0, BLOCK_W)[:, None]  # [BW, 1]
     y_row = Y + (nh * W + ow) * C  # [BW, 1]: Y is [N*H, W, C]
-    ya = xa * rstd[:, None]
-    if HAS_LW:
-        ya = ya * tl.load(LW + ca, mask=ca < C, other=0.0).to(tl.float32)
-    if HAS_LB:
-        ya = ya + tl.load(LB + ca, mask=ca < C, other=0.0).to(tl.float32)
-    tl.store(y_row + ca, ya.to(Y.dtype.element_ty), mask=(ow < W) & (ca < C))
+    _norm_store(xa, rstd, ca, LW, LB, Y, y_row, ow, W, C, HAS_LW, HAS_LB)
     if BLOCK_C2 > 0:
-        yb = xb * rstd[:, None]
-        if HAS_LW:
-            yb = yb * tl.load(LW + cb, mask=cb < C, other=0.0).to(tl.float32)
-        if HAS_LB:
-            yb = yb + tl.load(LB + cb, mask=cb < C, other=0.0).to(tl.float32)
-        tl.store(y_row + cb, yb.to(Y.dtype.element_ty), mask=(ow < W) & (cb < C))
+        _norm_store(xb, rstd, cb, LW, LB, Y, y_row, ow, W, C, HAS_LW, HAS_LB)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -330,6 +330,17 @@ def _epilogue_kernel(
 
 
 @triton.jit
+def _image_column_sums(P, img, rn, n_mask, t_first, t_last, N, ROWS_PER_IMG, TILE_M, MAX_SEG: tl.constexpr):
+    """[BLOCK_N] fp32: the partials of image ``img`` at columns ``rn``, summed over its tiles in a fixed order."""
+    sums = tl.zeros(rn.shape, dtype=tl.float32)
+    for t in range(t_first, t_last + 1):
+        seg = img - (t * TILE_M) // ROWS_PER_IMG
+        part = tl.load(P + (t * MAX_SEG + seg) * N + rn, mask=n_mask, other=0.0)
+        sums += part
+    return sums
+
+
+@triton.jit
 def _sumsq_reduce_kernel(
     P,  # [tiles_m, MAX_SEG, N] fp32 partials
     S,  # [I, N] fp32 out: the sums of squares, or (GRN) gamma * nx + 1
@@ -352,11 +363,7 @@ def _sumsq_reduce_kernel(
     for c0 in range(0, N, BLOCK_N):
         rn = c0 + tl.arange(0, BLOCK_N)
         n_mask = rn < N
-        sums = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for t in range(t_first, t_last + 1):
-            seg = img - (t * TILE_M) // ROWS_PER_IMG
-            part = tl.load(P + (t * MAX_SEG + seg) * N + rn, mask=n_mask, other=0.0)
-            sums += part
+        sums = _image_column_sums(P, img, rn, n_mask, t_first, t_last, N, ROWS_PER_IMG, TILE_M, MAX_SEG)
         if GRN:
             total_gx += tl.sqrt(sums)
         else:
@@ -366,11 +373,7 @@ def _sumsq_reduce_kernel(
         for c0 in range(0, N, BLOCK_N):  # recompute gx rather than re-read stores of other threads
             rn = c0 + tl.arange(0, BLOCK_N)
             n_mask = rn < N
-            sums = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            for t in range(t_first, t_last + 1):
-                seg = img - (t * TILE_M) // ROWS_PER_IMG
-                part = tl.load(P + (t * MAX_SEG + seg) * N + rn, mask=n_mask, other=0.0)
-                sums += part
+            sums = _image_column_sums(P, img, rn, n_mask, t_first, t_last, N, ROWS_PER_IMG, TILE_M, MAX_SEG)
             g = tl.load(G + rn, mask=n_mask, other=0.0).to(tl.float32)
             tl.store(S + img * N + rn, g * (tl.sqrt(sums) / denom) + 1.0, mask=n_mask)
 

@@ -15,7 +15,7 @@ import torch
 import fastvit
 from fastvit import registry
 from fastvit.models import altclip, build_model
-from tests.hf_utils import assert_close, assert_outputs_close, save_hf
+from tests.hf_utils import assert_close, assert_outputs_close, perturb_, save_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -56,12 +56,6 @@ VISION_FIELDS = ("last_hidden_state", "pooler_output", "hidden_states", "attenti
 TEXT_FIELDS = ("last_hidden_state", "pooler_output", "hidden_states", "attentions")
 
 
-def _randomize(model: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.2).add_(torch.randint_like(p, 2) * 0.5)  # nothing at its init value
-
-
 def _text_batch(tc: dict) -> dict[str, torch.Tensor]:
     """Rows of lengths 9, 6, 3 (pads after), pad ids where the mask is 0, random token types when there are 2."""
     pad, vocab = tc.get("pad_token_id", 1), tc["vocab_size"]
@@ -81,7 +75,7 @@ def saved(request, tmp_path_factory):
     name, tc, vc, top, fmt = request.param
     config = transformers.AltCLIPConfig(text_config=tc, vision_config=vc, attn_implementation="eager", **top)
     theirs = transformers.AltCLIPModel(config).eval()
-    _randomize(theirs)
+    perturb_(theirs, jump=0.5)
     path = save_hf(theirs, tmp_path_factory.mktemp(name), **fmt)
     return request.param, theirs, path
 
@@ -156,7 +150,7 @@ def test_towers_saved_alone(tmp_path):
     text = transformers.AltCLIPTextConfig(**tc)
     text = transformers.AltCLIPTextModel(text).eval()
     for m in (vision, text):
-        _randomize(m)
+        perturb_(m, jump=0.5)
     ours_v = fastvit.load(save_hf(vision, tmp_path / "v"), fused=False)
     ours_t = fastvit.load(save_hf(text, tmp_path / "t", safetensors=False), fused=False)
     assert type(ours_v) is altclip.AltCLIPVisionModel and type(ours_t) is altclip.AltCLIPTextModel
@@ -178,7 +172,7 @@ def test_pre_4_31_checkpoint_with_position_ids(tmp_path):
     _, tc, vc, top, _ = CASES[0]
     config = transformers.AltCLIPConfig(text_config=tc, vision_config=vc, attn_implementation="eager", **top)
     theirs = transformers.AltCLIPModel(config).eval()
-    _randomize(theirs)
+    perturb_(theirs, jump=0.5)
     path = save_hf(theirs, tmp_path)
     state = load_file(path / "model.safetensors")
     num_positions = (vc["image_size"] // vc["patch_size"]) ** 2 + 1

@@ -12,7 +12,7 @@ import torch
 
 import fastvit
 from fastvit.models import convnext
-from tests.hf_utils import assert_outputs_close, assert_tuples_close, save_hf
+from tests.hf_utils import assert_outputs_close, assert_same_module_tree, assert_tuples_close, perturb_, save_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -66,11 +66,7 @@ def _hf_model(v2: bool, task: str, kwargs: dict, out_features=None):
         stages = len(kwargs.get("depths", [3, 3, 9, 3]))
         kwargs["out_features"] = [f for f in out_features if f == "stem" or int(f[5:]) <= stages]
     config = getattr(transformers, prefix + "Config")(**kwargs)
-    model = getattr(transformers, prefix + HEADS[task][0])(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.2).add_(torch.randint_like(p, 2) * 0.5)  # nothing at its init value
-    return model
+    return perturb_(getattr(transformers, prefix + HEADS[task][0])(config).eval(), jump=0.5)
 
 
 def _compare(ours, theirs, x: torch.Tensor, fields: tuple[str, ...]) -> None:
@@ -102,12 +98,8 @@ def test_module_tree_matches_hf(v2):
     """Same module names and class names as HF (activations aside: HF uses its own GELUActivation class)."""
     hf = _hf_model(v2, "classification", dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1], drop_path_rate=0.1))
     ours = convnext.build(hf.config.to_dict(), "classification")
-    theirs = {n: type(m).__name__ for n, m in hf.named_modules() if not n.endswith(".act")}
-    mine = {n: type(m).__name__ for n, m in ours.named_modules() if not n.endswith(".act")}
-    assert mine == theirs
+    assert_same_module_tree(ours, hf, skip=(".act",))
     assert type(ours).base_model_prefix == type(hf).base_model_prefix
-    for (n, p), (_, q) in zip(ours.named_parameters(), hf.named_parameters(), strict=True):
-        assert p.shape == q.shape, n
 
 
 def test_backbone_out_indices_and_defaults():

@@ -18,7 +18,18 @@ import torch
 import fastvit
 from fastvit.models import build_model
 from fastvit.models import dinov2_with_registers as reg
-from tests.hf_utils import assert_close, assert_outputs_close, assert_tuples_close, params_on_meta, save_hf
+from tests.hf_utils import (
+    assert_close,
+    assert_mask_token_used,
+    assert_matches_hf_calls,
+    assert_outputs_close,
+    assert_same_module_tree,
+    backbone_kwargs,
+    hf_model,
+    load_like_hf,
+    params_on_meta,
+    save_hf,
+)
 
 transformers = pytest.importorskip("transformers")
 from transformers.modeling_utils import no_init_weights  # noqa: E402
@@ -87,31 +98,9 @@ BACKBONE = [
 
 
 def _hf_model(task: str, kwargs: dict, backbone=None, attn_implementation: str | None = None):
-    kwargs = dict(kwargs)
-    if task == "backbone" and backbone is not None:
-        out_features, out_indices, apply_ln, reshape = backbone
-        kwargs.update(apply_layernorm=apply_ln, reshape_hidden_states=reshape)
-        if out_features is not None:
-            kwargs["out_features"] = out_features
-        if out_indices is not None:
-            kwargs["out_indices"] = out_indices
+    kwargs = backbone_kwargs(kwargs, backbone if task == "backbone" else None)
     config = transformers.Dinov2WithRegistersConfig(**kwargs)
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    model = getattr(transformers, HEADS[task][0])(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.2).add_(torch.randint_like(p, 2) * 0.3)  # nothing at its init value
-    return model
-
-
-def _load(hf, tmp_path, safetensors: bool = True):
-    save_hf(hf, tmp_path, safetensors=safetensors)
-    ours = fastvit.load(tmp_path, fused=False)
-    assert type(ours).__name__ == type(hf).__name__
-    assert list(ours.state_dict()) == list(hf.state_dict())
-    assert not ours.training
-    return ours
+    return hf_model(config, getattr(transformers, HEADS[task][0]), attn_implementation=attn_implementation)
 
 
 def _reference_logits(hf, x: torch.Tensor) -> torch.Tensor:
@@ -140,23 +129,11 @@ def test_matches_hf(case, task, tmp_path):
     index = [c[0] for c in CASES].index(name)
     backbone = BACKBONE[index % len(BACKBONE)] if task == "backbone" else None
     hf = _hf_model(task, kwargs, backbone)
-    ours = _load(hf, tmp_path, safetensors=(index + len(task)) % 2 == 0)
+    ours = load_like_hf(hf, tmp_path, safetensors=(index + len(task)) % 2 == 0)
     fields = HEADS[task][1]
     x = torch.randn(batch, kwargs.get("num_channels", 3), h, w)
-    with torch.no_grad():
-        assert_outputs_close(ours(x), _expected(hf, task, x), fields[:1], atol=ATOL, rtol=RTOL)  # SDPA
-        a = ours(x, output_hidden_states=True, output_attentions=True)
-        e = _expected(hf, task, x, output_hidden_states=True, output_attentions=True)
-        assert_outputs_close(a, e, fields, atol=ATOL, rtol=RTOL)
-        assert_tuples_close(
-            ours(pixel_values=x, return_dict=False), _expected(hf, task, x, return_dict=False), atol=ATOL, rtol=RTOL
-        )
-        assert_tuples_close(
-            ours(x, output_hidden_states=True, return_dict=False),
-            _expected(hf, task, x, output_hidden_states=True, return_dict=False),
-            atol=ATOL,
-            rtol=RTOL,
-        )
+    expected = lambda **kw: _expected(hf, task, x, **kw)  # noqa: E731
+    a = assert_matches_hf_calls(ours, hf, x, fields, atol=ATOL, rtol=RTOL, expected=expected)
     num_tokens = 1 + kwargs.get("num_register_tokens", 4) + (h // kwargs["patch_size"]) * (w // kwargs["patch_size"])
     assert a.hidden_states[0].shape == (batch, num_tokens, kwargs["hidden_size"])
 
@@ -179,7 +156,7 @@ def test_classifier_excludes_registers_unlike_hf_4_50():
 def test_interpolation_is_antialiased(tmp_path):
     """HF interpolates the position embeddings with antialias=True: a plain bicubic resize would not match."""
     hf = _hf_model("features", dict(SMALL, image_size=56))
-    ours = _load(hf, tmp_path)
+    ours = load_like_hf(hf, tmp_path)
     x = torch.randn(1, 3, 23, 31)  # 8x8 grid -> 3x4: downsampling
     with torch.no_grad():
         expected = hf(x).last_hidden_state
@@ -191,7 +168,7 @@ def test_interpolation_is_antialiased(tmp_path):
 def test_registers_sit_after_cls(tmp_path):
     """Sequence layout ``[CLS, registers, patches]``: the registers carry no position embedding."""
     hf = _hf_model("features", dict(SMALL, num_register_tokens=3))
-    ours = _load(hf, tmp_path)
+    ours = load_like_hf(hf, tmp_path)
     x = torch.randn(2, 3, 28, 28)
     with torch.no_grad():
         tokens = ours.embeddings(x)
@@ -204,22 +181,15 @@ def test_registers_sit_after_cls(tmp_path):
 def test_bool_masked_pos(case, tmp_path):
     name, kwargs, batch, (h, w) = case
     hf = _hf_model("features", kwargs)
-    ours = _load(hf, tmp_path)
-    x = torch.randn(3, 3, h, w)
-    num_patches = (h // kwargs["patch_size"]) * (w // kwargs["patch_size"])
-    mask = torch.rand(3, num_patches) < 0.4
-    with torch.no_grad():
-        a, e = ours(x, bool_masked_pos=mask), hf(x, bool_masked_pos=mask)
-        unmasked = ours(x)
-    assert_outputs_close(a, e, ("last_hidden_state", "pooler_output"), atol=ATOL, rtol=RTOL)
-    assert (a.last_hidden_state - unmasked.last_hidden_state).abs().max() > 1e-3  # the mask token was used
+    ours = load_like_hf(hf, tmp_path)
+    assert_mask_token_used(ours, hf, torch.randn(3, 3, h, w), kwargs["patch_size"], atol=ATOL, rtol=RTOL)
 
 
 @pytest.mark.parametrize("task", ["features", "classification"])
 def test_head_mask(task, tmp_path):
     # HF 4.50 applies the head mask multiplicatively only in its eager attention
     hf = _hf_model(task, dict(SMALL, num_labels=2), attn_implementation="eager")
-    ours = _load(hf, tmp_path)
+    ours = load_like_hf(hf, tmp_path)
     x = torch.randn(2, 3, 35, 28)
     head_mask = (torch.rand(2, 4) > 0.5).float()
     head_mask.view(-1)[0] = 0.5
@@ -255,13 +225,8 @@ def test_module_tree_matches_hf():
         for swiglu in (False, True):
             hf = _hf_model(task, dict(SMALL, use_swiglu_ffn=swiglu, drop_path_rate=0.1))
             ours = reg.build(hf.config.to_dict(), task)
-            skip = ("dropout", "activation")
-            theirs = {n: type(m).__name__ for n, m in hf.named_modules() if not n.endswith(skip)}
-            mine = {n: type(m).__name__ for n, m in ours.named_modules() if not n.endswith(skip)}
-            assert mine == theirs
+            assert_same_module_tree(ours, hf, skip=("dropout", "activation"))
             assert type(ours).base_model_prefix == type(hf).base_model_prefix == "dinov2_with_registers"
-            for (n, p), (m, q) in zip(ours.named_parameters(), hf.named_parameters(), strict=True):
-                assert n == m and p.shape == q.shape, n
 
 
 def test_config_follows_hf():

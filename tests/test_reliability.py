@@ -822,28 +822,26 @@ def _check_updates(updates: list[str], seed: int, compiled: bool) -> None:
         assert err <= tol, f"after {updates[: i + 1]} ({dtype}, compiled={compiled}): max error {err:.3e}"
 
 
-def test_property_fused_equals_eager_after_any_weight_updates():
+def _check_any_updates(*, compiled: bool, max_examples: int, min_size: int, max_size: int) -> None:
+    """:func:`_check_updates` over hypothesis-drawn lists of ``min_size..max_size`` updates (derandomized)."""
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
+    updates = st.lists(st.sampled_from(_UPDATES), min_size=min_size, max_size=max_size)
 
-    @hypothesis.settings(max_examples=8, deadline=None, derandomize=True, database=None)
-    @hypothesis.given(updates=st.lists(st.sampled_from(_UPDATES), min_size=1, max_size=4), seed=st.integers(0, 99))
+    @hypothesis.settings(max_examples=max_examples, deadline=None, derandomize=True, database=None)
+    @hypothesis.given(updates=updates, seed=st.integers(0, 99))
     def check(updates, seed):
-        _check_updates(updates, seed, compiled=False)
+        _check_updates(updates, seed, compiled=compiled)
 
     check()
+
+
+def test_property_fused_equals_eager_after_any_weight_updates():
+    _check_any_updates(compiled=False, max_examples=8, min_size=1, max_size=4)
 
 
 def test_property_fused_equals_eager_after_any_weight_updates_compiled():
-    hypothesis = pytest.importorskip("hypothesis")
-    st = hypothesis.strategies
-
-    @hypothesis.settings(max_examples=3, deadline=None, derandomize=True, database=None)
-    @hypothesis.given(updates=st.lists(st.sampled_from(_UPDATES), min_size=2, max_size=3), seed=st.integers(0, 99))
-    def check(updates, seed):
-        _check_updates(updates, seed, compiled=True)
-
-    check()
+    _check_any_updates(compiled=True, max_examples=3, min_size=2, max_size=3)
 
 
 def test_fused_model_saves_and_loads_back(tmp_path):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import fastvit
 from fastvit import registry
 from fastvit.models import build_model, vit_hybrid
-from tests.hf_utils import assert_close, assert_outputs_close, assert_tuples_close, save_hf
+from tests.hf_utils import assert_close, assert_outputs_close, assert_tuples_close, perturb_, save_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -85,12 +85,6 @@ def _featmap(backbone: dict, image: tuple[int, int]) -> list[int]:
         return list(bb(torch.zeros(1, backbone.get("num_channels", 3), *image)).feature_maps[-1].shape)
 
 
-def _randomize(model: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.2).add_(torch.randint_like(p, 2) * 0.5)  # nothing at its init value
-
-
 def _hf_model(task: str, backbone: dict, vit: dict, image: tuple[int, int], featmap: list[int] | None = None):
     config = transformers.ViTHybridConfig(
         backbone_config=backbone,
@@ -100,7 +94,7 @@ def _hf_model(task: str, backbone: dict, vit: dict, image: tuple[int, int], feat
         **vit,
     )
     model = getattr(transformers, HEADS[task][0])(config).eval()
-    _randomize(model)
+    perturb_(model, jump=0.5)
     return model
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import build_model
 from .common import BackboneConfig, DropPath, PreTrainedModel, architectures, check_pixel_values, init_hf_weights
-from .intermediates import IntermediatePlan, IntermediatesMixin, first_output
+from .intermediates import IntermediatePlan, IntermediatesMixin, vit_plan
 from .outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from .transformer import (
     MLP,
@@ -241,14 +241,7 @@ class Dinov2PreTrainedModel(IntermediatesMixin, PreTrainedModel):
             grid = (pixel_values.shape[-2] // patch_h, pixel_values.shape[-1] // patch_w)
             return tower.embeddings(pixel_values), grid  # [B, prefix + N, D]
 
-        return IntermediatePlan(
-            embed=embed,
-            blocks=tower.encoder.layer,
-            run=first_output,
-            final=tower.layernorm,
-            norm=lambda i, hidden: tower.layernorm(hidden),
-            num_prefix_tokens=self.config.num_prefix_tokens,
-        )
+        return vit_plan(tower, embed, num_prefix_tokens=self.config.num_prefix_tokens)
 
     def get_intermediate_layers(
         self,

@@ -78,6 +78,19 @@ def first_output(block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return block(hidden)[0]
 
 
+def vit_plan(tower: nn.Module, embed: Callable, num_prefix_tokens: int) -> IntermediatePlan:
+    """The plan of an HF ViT-style tower: ``tower.encoder.layer`` blocks returning ``(hidden, ...)``, and
+    ``tower.layernorm`` as both the final norm and the norm of the intermediates."""
+    return IntermediatePlan(
+        embed=embed,
+        blocks=tower.encoder.layer,
+        run=first_output,
+        final=tower.layernorm,
+        norm=lambda i, hidden: tower.layernorm(hidden),
+        num_prefix_tokens=num_prefix_tokens,
+    )
+
+
 def _format(plan: IntermediatePlan, y: torch.Tensor, grid, output_fmt: str, prefix_tokens: bool):
     if not plan.tokens:  # [B, C, H, W]; the fused ConvNeXt path keeps channels_last strides: HF's layout out
         return y.contiguous() if output_fmt == "NCHW" else y.flatten(2).transpose(1, 2)

@@ -21,7 +21,7 @@ from torch import nn
 from . import build_model
 from .bit import BitBackbone, BitConfig
 from .common import HFConfig, PreTrainedModel, architectures, check_pixel_values, init_hf_weights
-from .intermediates import IntermediatePlan, IntermediatesMixin, first_output
+from .intermediates import IntermediatePlan, IntermediatesMixin, vit_plan
 from .outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from .transformer import (
     CLSPooler,
@@ -257,14 +257,7 @@ class ViTHybridPreTrainedModel(IntermediatesMixin, PreTrainedModel):
             check_pixel_values(pixel_values, self.config.num_channels)
             return tower.embeddings.embed(pixel_values.to(dtype), interpolate_pos_encoding=interpolate_pos_encoding)
 
-        return IntermediatePlan(
-            embed=embed,
-            blocks=tower.encoder.layer,
-            run=first_output,
-            final=tower.layernorm,
-            norm=lambda i, hidden: tower.layernorm(hidden),
-            num_prefix_tokens=1,
-        )
+        return vit_plan(tower, embed, num_prefix_tokens=1)
 
     def init_weights(self) -> None:
         """Random init in HF's spirit: normal(0, initializer_range) weights, zero biases, LayerNorm/GroupNorm 1/0."""
