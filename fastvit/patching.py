@@ -17,12 +17,12 @@ Design: patching does not replace modules. Each recognised block gets its ``forw
 attribute (a :class:`~fastvit.fused.base.FusedForward`, one kind of :class:`~fastvit.fused.base.InstanceForward`,
 that calls the kernels with the block's own parameters), so the module tree, ``isinstance`` checks, hooks on the
 block, parameters and ``state_dict()`` keys are untouched: a patched model's state dict loads into an unpatched
-one and vice versa. The only extra memory is the concatenated q|k|v (and split SwiGLU gate|up) weight, kept in
-non-persistent buffers (not in ``state_dict()``) and rebuilt when the original weights change. ``unpatch``
-removes every instance forward (the fused blocks' and the CUDA-graph runner, the other kind) and those buffers:
-outputs are bit-exact the original ones again. Calls the fused path cannot serve (training mode, gradients,
-``output_attentions``, ``head_mask``, non-padding masks, caches, cross-attention) run the original forward of
-that block for that call.
+one and vice versa. No weight is copied: the q, k, v (and split SwiGLU gate, up) parameters become views of one
+concatenated tensor made at patch time, so every write to them is a write to the fused weight. ``unpatch``
+removes every instance forward (the fused blocks' and the CUDA-graph runner, the other kind) and gives each of
+those parameters its own storage again: outputs are bit-exact the original ones again. Calls the fused path
+cannot serve (training mode, gradients, ``output_attentions``, ``head_mask``, non-padding masks, caches,
+cross-attention) run the original forward of that block for that call.
 """
 
 from __future__ import annotations
@@ -33,13 +33,11 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .fused.base import FusedForward, InstanceForward, is_fused
+from .fused.base import FLAGS, FusedForward, InstanceForward, is_fused
 from .fused.convnext import FusedChannelsFirstLayerNorm, FusedConvNextLayer, FusedLayerNorm
 from .fused.graphs import CUDAGraphForward
 from .fused.status import gemm_choices
 from .fused.transformer import FusedTransformerLayer
-
-FLAGS = ("attention", "layer_norm", "dwconv", "grn", "swiglu", "fused_linear")
 
 #: module -> fused forward | reason it does not fit | None (leave it alone, unreported); flags: FLAGS -> bool
 Builder = Callable[[nn.Module, dict[str, bool]], "FusedForward | str | None"]
@@ -138,8 +136,9 @@ def patch(
     a fresh CUDA-graph runner as the model's forward (:class:`fastvit.fused.graphs.CUDAGraphForward`; it runs the
     model normally on CPU or when capture is impossible); a runner already there stays, its graphs dropped.
     """
-    flags = dict(attention=attention, layer_norm=layer_norm, dwconv=dwconv, grn=grn, swiglu=swiglu)
-    flags["fused_linear"] = fused_linear  # GEMMs with their epilogues (bias, act, layer scale, residual, GRN)
+    flags = dict(
+        attention=attention, layer_norm=layer_norm, dwconv=dwconv, grn=grn, swiglu=swiglu, fused_linear=fused_linear
+    )
     # a runner's graphs replay the old blocks and read the buffers their removal frees: lift it off while the
     # blocks change (dropping its graphs), put it back on top afterwards
     runner = CUDAGraphForward.remove(model)

@@ -3,8 +3,8 @@
 from fastvit_kernels._dispatch import use_triton
 from fastvit_kernels.add_layer_norm import add_layer_norm
 from fastvit_kernels.attention import attention, attention_ref
-from fastvit_kernels.dwconv import dwconv2d_layer_norm, pack_weight
-from fastvit_kernels.fused_linear import fused_linear, grn_prologue
+from fastvit_kernels.dwconv import dwconv2d_layer_norm
+from fastvit_kernels.fused_linear import fused_linear
 from fastvit_kernels.grn import grn
 from fastvit_kernels.layer_norm import layer_norm
 from fastvit_kernels.layer_norm_2d import layer_norm_2d
@@ -17,10 +17,8 @@ __all__ = [
     "dwconv2d_layer_norm",
     "fused_linear",
     "grn",
-    "grn_prologue",
     "layer_norm",
     "layer_norm_2d",
-    "pack_weight",
     "swiglu",
     "swiglu_ref",
     "use_triton",

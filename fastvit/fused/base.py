@@ -20,6 +20,9 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+#: the patch flags, one per kernel (``fastvit.patch(model, **flags)``); a builder gets all of them
+FLAGS = ("attention", "layer_norm", "dwconv", "grn", "swiglu", "fused_linear")
+
 _ATTR = "forward"
 F = TypeVar("F", bound="InstanceForward")
 
@@ -137,7 +140,6 @@ class FusedForward(InstanceForward):
     def __init__(self, module: nn.Module) -> None:
         super().__init__(module)
         self.kernels = {}
-        self.buffers: list[str] = []  # non-persistent buffers this block registered on ``module``
         self.skip_reason: str | None = None  # set when the block stopped fitting after patching
         self._dirty = False  # structure changed below the block: re-resolve at the next eager call
         self._tracked = False
@@ -177,7 +179,7 @@ class FusedForward(InstanceForward):
         """Re-resolve the block's structure with the builder: adopt the new fused state, or run eager from now."""
         self._untrack()
         self._dirty = False
-        flags = self.flags or {name: True for name in ("attention", "layer_norm", "dwconv", "grn", "swiglu")}
+        flags = self.flags or dict.fromkeys(FLAGS, True)
         new = self.from_module(self.module, flags)
         if type(new) is type(self):
             keep = ("module", "original", "__signature__", "flags", "_apply_original")
@@ -250,9 +252,6 @@ class FusedForward(InstanceForward):
         raise NotImplementedError
 
     def _detach(self) -> None:
-        for name in self.buffers:
-            self.module._buffers.pop(name, None)
-            self.module._non_persistent_buffers_set.discard(name)
         if self.module.__dict__.get("_apply") == self._apply:
             if self._apply_original is not None:
                 self.module.__dict__["_apply"] = self._apply_original

@@ -80,7 +80,7 @@ class FusedConvNextLayer(FusedForward):
         grn = getattr(m, "grn", None)
         if grn is not None and (getattr(grn, "weight", None) is None or grn.weight.numel() != p1.out_features):
             return "grn has no [1, 1, 1, 4C] weight"
-        fl = flags.get("fused_linear", True)
+        fl = flags["fused_linear"]
         if not (flags["dwconv"] or flags["layer_norm"] or fl or (grn is not None and flags["grn"])):
             return "dwconv, layer_norm, fused_linear and grn kernels all disabled"
         return cls(m, dwconv=flags["dwconv"], layer_norm=flags["layer_norm"], grn=flags["grn"], fused_linear=fl)

@@ -249,7 +249,7 @@ class FusedTransformerLayer(FusedForward):
         if isinstance(ffn, str):
             return ffn
         fc_in, fc_out, act = ffn
-        fl = flags.get("fused_linear", True)
+        fl = flags["fused_linear"]
         if not (flags["attention"] or flags["layer_norm"] or fl or (act is None and flags["swiglu"])):
             return "attention, layer_norm, fused_linear and swiglu kernels all disabled"
         params = tuple(inspect.signature(m.forward if not is_fused(m) else type(m).forward).parameters)
@@ -323,7 +323,7 @@ class FusedTransformerLayer(FusedForward):
     def _attention(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         spec = self.spec
         B, S, E = h.shape
-        w, b = self.qkv.get()
+        w, b = self.qkv.weight, self.qkv.bias  # checked by __call__ (FusedLinear.get) for this call
         qkv = self._linear(h, w, b)  # [B, S, 3E]
         heads = spec.num_heads
         D = w.shape[0] // (3 * heads)  # not -1: B may be 0
@@ -363,8 +363,7 @@ class FusedTransformerLayer(FusedForward):
         """fc1 + act, or gate|up -> SwiGLU: the [B, S, F] input of fc2."""
         spec = self.spec
         if self.fc_in is not None:
-            w, b = self.fc_in.get()
-            h = self._linear(h, w, b)  # [B, S, 2F] = gate | up
+            h = self._linear(h, self.fc_in.weight, self.fc_in.bias)  # [B, S, 2F] = gate | up (checked by __call__)
         else:
             h = self._linear(h, spec.fc_in[0].weight, spec.fc_in[0].bias, act=not self.is_swiglu)
         if self.is_swiglu:
