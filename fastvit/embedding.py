@@ -508,7 +508,7 @@ class _NpyAppender:
 
 
 def _check_same(found: dict[str, str], want: dict[str, str], where: Path) -> None:
-    keys = ("model", "pooling", "dtype", "normalize")
+    keys = ("model", "pooling", "dtype", "normalize", "layers")  # absent (None) on both sides without --layers
     diff = [f"{k}: {found.get(k)!r} there vs {want.get(k)!r} now" for k in keys if found.get(k) != want.get(k)]
     if diff:
         raise ValueError(f"cannot append to {where}: it was written with other settings ({'; '.join(diff)})")

@@ -89,6 +89,11 @@ def test_cli_layers(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     paths, rows = read_embeddings(out)
     assert paths == good[:3] and rows.shape == (3, 2 * 2 * 32)
+    # appending rows of other layers (same width here) would mix features: the resume refuses, naming them
+    code = main(["embed", str(ckpt), *good[:4], "--out", str(out), "--quiet", "--num-workers", "0", "--eager",
+                 "--layers=-3,-1", "--pool", "cls+mean"])  # fmt: skip
+    assert code != 0 and "layers" in capsys.readouterr().err
+    assert read_embeddings(out)[0] == good[:3]
     with pytest.raises(SystemExit):
         main(["embed", str(ckpt), good[0], "--out", str(out), "--layers", "a,b"])
 
