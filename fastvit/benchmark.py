@@ -405,15 +405,6 @@ def pixel_values(
     return torch.randn(batch, channels, image_size, image_size, device=device, dtype=dtype)
 
 
-def accepts(fn: Callable, name: str) -> bool:
-    """Whether ``fn`` takes a keyword argument ``name`` (explicitly or through ``**kwargs``)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
 def forward_fn(model: Callable, pixels: torch.Tensor) -> Callable[[], Any]:
     """Zero-argument inference call of ``model`` on ``pixels`` (under ``torch.inference_mode``).
 

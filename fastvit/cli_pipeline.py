@@ -25,9 +25,9 @@ def _cli_error(message: str, code: int = 2) -> Exception:
 
 
 def _device(requested: str | None) -> str:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise _cli_error(f"--device cuda: no CUDA GPU is available to torch {torch.__version__}; use --device cpu")
-    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .cli import _resolve_device  # the CLI's one device check (cli imports this module lazily)
+
+    return _resolve_device(requested)
 
 
 def _load(name: str, device: str, dtype: torch.dtype | None, pretrained: bool = True, fused: bool = True):
